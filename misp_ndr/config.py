@@ -1,0 +1,287 @@
+"""One settings tree for every job, read from `MISP_NDR_*` env vars and `.env`.
+
+Built when a command or flow starts (never at import), so tests and typed flow parameters
+can override any field. Invalid values raise `ConfigError` before any network call, naming
+the env var to fix; secret values never appear in that message.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from misp_ndr.errors import ConfigError
+
+ENV_PREFIX = "MISP_NDR_"
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "your-api-key", "api-key", "secret", "xxx", "password"}
+
+
+class Distribution(IntEnum):
+    """MISP event distribution levels the mission allows (sharing groups are out of scope)."""
+
+    OWN_ORGANISATION = 0
+    COMMUNITY = 1
+    CONNECTED_COMMUNITIES = 2
+    ALL_COMMUNITIES = 3
+
+
+def _reject_placeholder(secret: SecretStr | None, what: str) -> SecretStr | None:
+    if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+        raise ValueError(f"{what} is a placeholder; set the real one")
+    return secret
+
+
+class TlsClientSettings(BaseModel):
+    """HTTP client options shared by every remote system we talk to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+    timeout: float = Field(30.0, gt=0, le=600, description="seconds per HTTP request")
+    retries: int = Field(4, ge=0, le=20, description="retries of one request on transient errors")
+    retry_backoff: float = Field(
+        1.0, ge=0, le=60, description="first retry delay in seconds; doubles each retry, jittered"
+    )
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"CA bundle {path} is not a readable file")
+        return path
+
+    @property
+    def requests_verify(self) -> bool | str:
+        """The `verify` argument `requests` expects: a CA bundle path wins over the flag."""
+        if self.ca_bundle is not None:
+            return str(self.ca_bundle)
+        return self.verify_tls
+
+
+class MispSettings(TlsClientSettings):
+    url: HttpUrl | None = Field(None, description="MISP base URL; unset = write a MISP feed")
+    api_key: SecretStr | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_not_placeholder(cls, key: SecretStr | None) -> SecretStr | None:
+        return _reject_placeholder(key, "the MISP API key")
+
+    @model_validator(mode="after")
+    def _key_with_url(self) -> MispSettings:
+        if self.url is not None and not self.api_key:
+            raise ValueError("api_key is required when url is set (MISP_NDR_MISP__API_KEY)")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.url is not None
+
+
+class FlowmonSettings(TlsClientSettings):
+    url: HttpUrl | None = Field(None, description="Flowmon appliance base URL")
+    user: str | None = None
+    password: SecretStr | None = None
+    perspective: str | None = Field(None, description="ADS perspective name or id for events")
+    min_priority: Literal["critical", "high", "medium", "low", "info"] = "low"
+    page_size: int = Field(1000, ge=1, le=10000)
+    filter_cache_seconds: int = Field(3600, ge=0, description="how long ADS filters are cached")
+
+    @field_validator("password")
+    @classmethod
+    def _password_not_placeholder(cls, password: SecretStr | None) -> SecretStr | None:
+        return _reject_placeholder(password, "the Flowmon password")
+
+    @model_validator(mode="after")
+    def _credentials_with_url(self) -> FlowmonSettings:
+        if self.url is not None and not (self.user and self.password):
+            raise ValueError(
+                "user and password are required when url is set "
+                "(MISP_NDR_FLOWMON__USER, MISP_NDR_FLOWMON__PASSWORD)"
+            )
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.url is not None
+
+
+class ExportSettings(BaseModel):
+    """What an exported MISP event looks like."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field("misp-ndr", min_length=1, description="tag put on every exported event")
+    method_tag_template: str = Field(
+        '{source}:method="{method}"',
+        description="second tag naming the detection method; '{method}' alone mimics the seed",
+    )
+    to_ids: bool = Field(False, description="IDS flag on exported attributes (0/1, true/false)")
+    distribution: Distribution = Distribution.OWN_ORGANISATION
+    ip_filters: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated ADS filter names or IP / CIDR / a.b.c.* / range patterns",
+    )
+    publish: bool = True
+    threat_level: Literal["auto", 1, 2, 3, 4] = Field(
+        "auto", description="'auto' follows detection priority; 1 high .. 4 undefined"
+    )
+    analysis: Literal[0, 1, 2] = Field(0, description="0 initial, 1 ongoing, 2 completed")
+
+    @field_validator("ip_filters", mode="before")
+    @classmethod
+    def _split_filters(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            stripped = value.strip()
+            if stripped.startswith("["):
+                return json.loads(stripped)
+            return [part.strip() for part in stripped.split(",") if part.strip()]
+        return value
+
+    @field_validator("ip_filters")
+    @classmethod
+    def _valid_literals(cls, entries: list[str]) -> list[str]:
+        from tasks.ip_addresses import validate_filter_entry  # the one place patterns are parsed
+
+        for entry in entries:
+            validate_filter_entry(entry)
+        return entries
+
+    @field_validator("threat_level", mode="before")
+    @classmethod
+    def _threat_level_int(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    @field_validator("analysis", mode="before")
+    @classmethod
+    def _analysis_int(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    @field_validator("method_tag_template")
+    @classmethod
+    def _template_fields(cls, template: str) -> str:
+        try:
+            template.format(source="flowmon", method="SCANS")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"may only use {{source}} and {{method}} ({exc})") from None
+        return template
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Env: MISP_NDR_<SECTION>__<FIELD>, e.g. MISP_NDR_MISP__URL."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    misp: MispSettings = Field(default_factory=MispSettings)
+    flowmon: FlowmonSettings = Field(default_factory=FlowmonSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    state_dir: Path = Field(
+        Path(".misp-ndr"), description="run watermarks, export ledger and spooled input batches"
+    )
+
+
+SECRET_FIELDS = {"api_key", "password"}
+
+FIX_HINTS: dict[str, str] = {
+    "distribution": "use 0 (own organisation), 1 (community), 2 (connected) or 3 (all)",
+    "to_ids": "use 1/0, true/false, yes/no",
+    "url": "use a full URL such as https://misp.example.org",
+    "ip_filters": "use ADS filter names or IP, CIDR, a.b.c.*, a.b.c.[x-y] or start-end patterns",
+    "threat_level": "use auto, or 1 (high), 2 (medium), 3 (low), 4 (undefined)",
+    "analysis": "use 0 (initial), 1 (ongoing) or 2 (completed)",
+}
+
+
+def env_var_name(location: tuple[int | str, ...]) -> str:
+    """`('misp', 'url')` -> `MISP_NDR_MISP__URL`: the name a user edits to fix it."""
+    parts = [str(part) for part in location if not isinstance(part, int)]
+    return ENV_PREFIX + "__".join(parts).upper()
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad field: env var, problem, fix. Never echoes the rejected value of a
+    secret field, and never a value at all for secrets validated at model level."""
+    lines = []
+    for item in error.errors(include_url=False, include_input=False):
+        location = tuple(item["loc"])
+        field = str(location[-1]) if location else "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        hint = FIX_HINTS.get(field)
+        lines.append(f"{env_var_name(location)}: {message}" + (f" (fix: {hint})" if hint else ""))
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(overrides: dict[str, Any] | None = None, env_file: Path | None = None) -> Settings:
+    """Env and `.env`, then per-run overrides (nested dicts; `None` values mean 'keep')."""
+    clean = _drop_none(overrides or {})
+    try:
+        if env_file is not None:
+            return Settings(_env_file=env_file, **clean)  # type: ignore[call-arg]
+        return Settings(**clean)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def _drop_none(tree: dict[str, Any]) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            nested = _drop_none(value)
+            if nested:
+                cleaned[key] = nested
+        elif value is not None:
+            cleaned[key] = value
+    return cleaned
+
+
+# The seed scripts' custom-script parameters, and where each lives in the settings tree.
+SEED_PARAMETERS: dict[str, tuple[str, str]] = {
+    "misp_server": ("misp", "url"),
+    "misp_api_key": ("misp", "api_key"),
+    "misp_tag": ("export", "tag"),
+    "misp_ids": ("export", "to_ids"),
+    "misp_distribution": ("export", "distribution"),
+    "flowmon_filters": ("export", "ip_filters"),
+    "flowmon_user": ("flowmon", "user"),
+    "flowmon_pass": ("flowmon", "password"),
+}
+
+
+def overrides_from_seed_parameters(params: dict[str, str]) -> dict[str, Any]:
+    """Turn the seed scripts' `--name value` parameters into settings overrides."""
+    unknown = sorted(set(params) - set(SEED_PARAMETERS))
+    if unknown:
+        raise ConfigError(
+            f"unknown seed parameter(s) {', '.join(unknown)}; known: {', '.join(SEED_PARAMETERS)}"
+        )
+    tree: dict[str, Any] = {}
+    for name, value in params.items():
+        section, field = SEED_PARAMETERS[name]
+        tree.setdefault(section, {})[field] = value
+    return tree
+
+
+def masked_settings(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, secrets shown as '**********' (or unset)."""
+    return json.loads(settings.model_dump_json())
