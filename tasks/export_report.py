@@ -1,0 +1,77 @@
+"""The per-run account of an export: every input record ends up counted somewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tasks.detections import ParseProblem
+
+MAX_LISTED_PROBLEMS = 50
+
+
+@dataclass
+class ExportReport:
+    source: str
+    destination: str
+    dry_run: bool = False
+    records_read: int = 0
+    skipped_records: dict[str, int] = field(default_factory=dict)
+    detections: int = 0
+    indicator_counts: dict[str, int] = field(default_factory=dict)
+    detections_without_external_indicator: int = 0
+    events_built: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    problems: list[ParseProblem] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    window: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        """Every record handled: exported, filtered, skipped on purpose, or reported."""
+        return not self.failures
+
+    def rows(self) -> list[dict[str, str | int]]:
+        """The table artifact: one row per figure, then one per failure and problem."""
+        counts = self.indicator_counts
+        figures: list[tuple[str, int]] = [
+            ("records read", self.records_read),
+            *((f"records skipped: {why}", n) for why, n in sorted(self.skipped_records.items())),
+            ("records unreadable (reported)", len(self.problems) - counts.get("invalid", 0)),
+            ("detections", self.detections),
+            ("indicators", counts.get("indicators", 0)),
+            ("dropped as non-global", counts.get("non_global", 0)),
+            ("dropped by user filter", counts.get("filtered", 0)),
+            ("invalid indicators (reported)", counts.get("invalid", 0)),
+            ("duplicate indicators", counts.get("duplicate", 0)),
+            ("detections without an external indicator", self.detections_without_external_indicator),
+            ("events built", self.events_built),
+            ("events created", self.created),
+            ("events updated", self.updated),
+            ("events skipped (already exported, unchanged)", self.unchanged),
+            ("events failed", len(self.failures)),
+        ]
+        rows: list[dict[str, str | int]] = [
+            {"item": name, "count": count, "detail": ""} for name, count in figures
+        ]
+        rows += [{"item": "failure", "count": 1, "detail": f"event {uuid}: {reason}"}
+                 for uuid, reason in self.failures]
+        rows += [{"item": "problem", "count": 1, "detail": f"{p.source}: {p.reason} [{p.excerpt}]"}
+                 for p in self.problems[:MAX_LISTED_PROBLEMS]]
+        return rows
+
+    def render_text(self) -> str:
+        mode = " (dry run: nothing sent)" if self.dry_run else ""
+        head = f"export from {self.source} to {self.destination}{mode}"
+        if self.window:
+            head += f"\nwindow: {self.window}"
+        lines = [head]
+        for row in self.rows():
+            if row["item"] in ("failure", "problem"):
+                lines.append(f"  {row['item'].upper()}: {row['detail']}")
+            elif row["count"] or not str(row["item"]).startswith("records skipped"):
+                lines.append(f"  {row['item']:<46} {row['count']:>8}")
+        if len(self.problems) > MAX_LISTED_PROBLEMS:
+            lines.append(f"  ... and {len(self.problems) - MAX_LISTED_PROBLEMS} more problems")
+        return "\n".join(lines)
