@@ -27,7 +27,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from misp_ndr.errors import ConfigError
 
 ENV_PREFIX = "MISP_NDR_"
-PLACEHOLDER_SECRETS = {"changeme", "change-me", "your-api-key", "api-key", "secret", "xxx", "password"}
+PLACEHOLDER_SECRETS = {
+    "changeme", "change-me", "your-api-key", "api-key", "secret", "xxx", "password",
+}
 
 
 class Distribution(IntEnum):
@@ -101,6 +103,13 @@ class FlowmonSettings(TlsClientSettings):
     min_priority: Literal["critical", "high", "medium", "low", "info"] = "low"
     page_size: int = Field(1000, ge=1, le=10000)
     filter_cache_seconds: int = Field(3600, ge=0, description="how long ADS filters are cached")
+    first_run_lookback_hours: int = Field(
+        24, ge=1, le=24 * 90, description="window of the first API export, with no watermark yet"
+    )
+    window_overlap_minutes: int = Field(
+        15, ge=0, le=24 * 60, description="re-read this much before the watermark: ADS stores "
+        "events minutes after their detection time; re-reads are idempotent",
+    )
 
     @field_validator("password")
     @classmethod
@@ -232,13 +241,10 @@ def describe_validation_error(error: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_settings(overrides: dict[str, Any] | None = None, env_file: Path | None = None) -> Settings:
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     """Env and `.env`, then per-run overrides (nested dicts; `None` values mean 'keep')."""
-    clean = _drop_none(overrides or {})
     try:
-        if env_file is not None:
-            return Settings(_env_file=env_file, **clean)  # type: ignore[call-arg]
-        return Settings(**clean)
+        return Settings(**_drop_none(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
 

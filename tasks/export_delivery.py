@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from misp_ndr.config import Settings
+from misp_ndr.task_policy import batch_task
 from tasks.export_ledger import ExportLedger
 from tasks.misp import MispClient
 from tasks.misp_events import EventDraft
@@ -26,16 +27,14 @@ class DeliveryResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (event uuid, reason)
 
 
-def destination_name(settings: Settings, feed_dir: Path) -> str:
-    """Ledger key: a MISP URL or a feed directory, so one never masks the other."""
-    if settings.misp.configured:
-        return f"misp:{settings.misp.url}"
-    return f"feed:{feed_dir.resolve()}"
+def destination_name(settings: Settings, feed_dir: Path, to_misp: bool) -> str:
+    """Ledger key and report label: a MISP URL or a feed directory, never mixed up."""
+    return f"misp:{settings.misp.url}" if to_misp else f"feed:{feed_dir.resolve()}"
 
 
 def deliver_to_misp(drafts: list[EventDraft], settings: Settings) -> DeliveryResult:
     ledger = ExportLedger(settings.state_dir / "export-ledger.sqlite")
-    result = DeliveryResult(destination_name(settings, Path()))
+    result = DeliveryResult(destination_name(settings, Path(), to_misp=True))
     known = ledger.fingerprints(result.destination, (d.uuid for d in drafts))
     todo = [draft for draft in drafts if known.get(draft.uuid) != draft.fingerprint]
     result.unchanged = len(drafts) - len(todo)
@@ -66,3 +65,7 @@ def deliver_to_feed(drafts: list[EventDraft], feed_dir: Path) -> DeliveryResult:
         updated=written.updated,
         unchanged=written.unchanged,
     )
+
+
+deliver_to_misp_task = batch_task(deliver_to_misp, "deliver-to-misp", remote=True)
+deliver_to_feed_task = batch_task(deliver_to_feed, "deliver-to-misp-feed")

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from tasks.detections import ParseProblem
+from prefect.artifacts import create_table_artifact
+
+from misp_ndr.task_policy import batch_task
+from tasks.detections import ParsedBatch, ParseProblem
+from tasks.export_delivery import DeliveryResult
+from tasks.indicators import IndicatorSelection
+from tasks.misp_events import EventDraft
 
 MAX_LISTED_PROBLEMS = 50
 
@@ -45,7 +52,8 @@ class ExportReport:
             ("dropped by user filter", counts.get("filtered", 0)),
             ("invalid indicators (reported)", counts.get("invalid", 0)),
             ("duplicate indicators", counts.get("duplicate", 0)),
-            ("detections without an external indicator", self.detections_without_external_indicator),
+            ("detections without an external indicator",
+             self.detections_without_external_indicator),
             ("events built", self.events_built),
             ("events created", self.created),
             ("events updated", self.updated),
@@ -75,3 +83,60 @@ class ExportReport:
         if len(self.problems) > MAX_LISTED_PROBLEMS:
             lines.append(f"  ... and {len(self.problems) - MAX_LISTED_PROBLEMS} more problems")
         return "\n".join(lines)
+
+
+def summarize_export(
+    source: str,
+    destination: str,
+    batch: ParsedBatch,
+    selection: IndicatorSelection,
+    drafts: list[EventDraft],
+    delivery: Any,
+    window: object | None,
+) -> ExportReport:
+    """Gather every stage's counts; `delivery` is the delivery task's Prefect state, or
+    None for a dry run."""
+    detections = batch.detections[["source_system", "detection_id"]].drop_duplicates()
+    report = ExportReport(
+        source=source,
+        destination=destination,
+        dry_run=delivery is None,
+        records_read=batch.records_read,
+        skipped_records=dict(batch.skipped),
+        detections=len(detections),
+        indicator_counts=dict(selection.counts),
+        detections_without_external_indicator=len(detections) - len(drafts),
+        events_built=len(drafts),
+        problems=[*batch.problems, *selection.problems],
+        window=str(window) if window else "",
+    )
+    if delivery is None:
+        return report
+    outcome = delivery.result(raise_on_failure=False)
+    if isinstance(outcome, DeliveryResult):
+        report.created, report.updated = outcome.created, outcome.updated
+        report.unchanged, report.failures = outcome.unchanged, list(outcome.failures)
+    else:
+        report.failures = [("(remaining events)", f"delivery aborted: {outcome}")]
+    return report
+
+
+def publish_export_report(report: ExportReport) -> None:
+    """The run's table artifact in the Prefect UI, and its text in the run log."""
+    create_table_artifact(
+        key="export-report",
+        table=report.rows(),
+        description=f"Export from {report.source} to {report.destination}",
+    )
+    print(report.render_text())
+
+
+publish_export_report_task = batch_task(publish_export_report, "publish-export-report")
+
+
+class ExportIncomplete(Exception):
+    """Raised at the end of a run that could not deliver everything; carries the report."""
+
+    def __init__(self, report: ExportReport) -> None:
+        super().__init__(f"export incomplete: {len(report.failures)} event(s) not delivered")
+        self.report = report

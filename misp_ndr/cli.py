@@ -1,0 +1,192 @@
+"""`misp-ndr`: run every job ad hoc, check the connection, inspect the configuration.
+
+Configuration is validated here, before Prefect or any network call starts, so a typo in
+an env var costs a second, not a flow run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from misp_ndr.config import Distribution, load_settings, masked_settings
+from misp_ndr.errors import ConfigError, InputError, MispNdrError
+from misp_ndr.moments import parse_moment
+
+app = typer.Typer(
+    help="misp-ndr: MISP <-> network detection (Flowmon ADS, Suricata) as Prefect flows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def run_guarded(action: Callable[[], int]) -> None:
+    """Map our errors to exit codes: 2 = fix the configuration or input, 1 = run failed."""
+    try:
+        code = action()
+    except (ConfigError, InputError) as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    except MispNdrError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    raise typer.Exit(code)
+
+
+def moment_option(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def spool_stdin(state_dir: Path) -> Path:
+    """Keep the sensor's batch on disk before touching it: if the run fails, it is not lost."""
+    spool = state_dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    path = spool / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-stdin.batch"
+    path.write_bytes(sys.stdin.buffer.read())
+    return path
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Option(
+        help="where detections come from: flowmon-api (ADS REST API), flowmon-stdin (the "
+        "batch ADS hands a custom script), suricata (eve.json alerts)")],
+    input_path: Annotated[str | None, typer.Option(
+        "--input", "-i", help="file to read, or - for standard input (the default for "
+        "flowmon-stdin); standard input is spooled under the state dir first")] = None,
+    feed_dir: Annotated[Path, typer.Option(
+        help="MISP feed directory written when no MISP URL is configured")] = Path("out/misp-feed"),
+    feed_only: Annotated[bool, typer.Option(
+        help="write the MISP feed even when a MISP URL is configured")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="build the events and print what would be sent; send and record nothing")] = False,
+    since: Annotated[str | None, typer.Option(
+        help="flowmon-api window start: ISO time or age (12h, 7d); default: last successful "
+        "run, minus MISP_NDR_FLOWMON__WINDOW_OVERLAP_MINUTES")] = None,
+    until: Annotated[str | None, typer.Option(
+        help="flowmon-api window end: ISO time or age; default: now")] = None,
+    timezone: Annotated[str, typer.Option(
+        help="time zone of the appliance's clock, for flowmon-stdin tab-separated times")] = "UTC",
+    tag: Annotated[str | None, typer.Option(
+        help="tag on every event (overrides MISP_NDR_EXPORT__TAG)")] = None,
+    to_ids: Annotated[bool | None, typer.Option(
+        "--to-ids/--no-to-ids", help="IDS flag on attributes (overrides MISP_NDR_EXPORT__TO_IDS)",
+        show_default=False)] = None,
+    distribution: Annotated[int | None, typer.Option(
+        min=0, max=3, help="0 own org, 1 community, 2 connected, 3 all "
+        "(overrides MISP_NDR_EXPORT__DISTRIBUTION)")] = None,
+    ip_filter: Annotated[list[str] | None, typer.Option(
+        help="IP/CIDR/pattern or ADS filter name to drop; repeatable (replaces "
+        "MISP_NDR_EXPORT__IP_FILTERS)")] = None,
+    publish: Annotated[bool | None, typer.Option(
+        "--publish/--no-publish", help="publish events (overrides MISP_NDR_EXPORT__PUBLISH)",
+        show_default=False)] = None,
+) -> None:
+    """Export sensor detections as MISP events (or a MISP feed when no MISP is configured)."""
+    from flows.export import ExportSource, export_detections
+    from tasks.export_report import ExportIncomplete
+
+    try:
+        chosen = ExportSource(source)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{source!r}; choose one of {', '.join(s.value for s in ExportSource)}",
+            param_hint="--source") from None
+
+    def run() -> int:
+        settings = load_settings({"export": {
+            "tag": tag, "to_ids": to_ids, "distribution": distribution,
+            "ip_filters": ip_filter, "publish": publish}})
+        spooled = None
+        path = input_path
+        if chosen is not ExportSource.FLOWMON_API and path in (None, "-"):
+            if chosen is ExportSource.SURICATA and path is None:
+                raise InputError("--source suricata needs --input eve.json (or - for stdin)")
+            path = str(spooled := spool_stdin(settings.state_dir))
+        try:
+            report = export_detections(
+                source=chosen, input_path=path, since=moment_option(since),
+                until=moment_option(until), feed_dir=str(feed_dir), feed_only=feed_only,
+                dry_run=dry_run, timezone=timezone, tag=tag, to_ids=to_ids,
+                distribution=Distribution(distribution) if distribution is not None else None,
+                ip_filters=ip_filter, publish=publish)
+        except ExportIncomplete as exc:
+            typer.echo(exc.report.render_text())
+            if spooled:
+                typer.echo(f"the input batch is kept at {spooled}; re-run with --input {spooled}")
+            return EXIT_FAILED
+        if spooled:
+            spooled.unlink()
+        typer.echo(report.render_text())
+        return 0
+
+    run_guarded(run)
+
+
+@app.command()
+def check() -> None:
+    """Check MISP (reachable, version, what the API key may do) and Flowmon (login)."""
+    from tasks.flowmon import FlowmonClient
+    from tasks.misp import MispClient
+
+    def run() -> int:
+        settings = load_settings()
+        healthy = True
+        if not settings.misp.configured:
+            typer.echo("MISP: not configured (MISP_NDR_MISP__URL); exports write a MISP feed")
+        else:
+            result = MispClient(settings.misp).server_check()
+            typer.echo(result.render_text())
+            healthy = result.healthy
+        if settings.flowmon.configured:
+            FlowmonClient(settings.flowmon).filters()
+            typer.echo(f"Flowmon: logged in to {settings.flowmon.url}, ADS filters readable")
+        return 0 if healthy else EXIT_FAILED
+
+    run_guarded(run)
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective configuration (env, .env, defaults) with secrets masked."""
+
+    def run() -> int:
+        typer.echo(json.dumps(masked_settings(load_settings()), indent=2, default=str))
+        return 0
+
+    run_guarded(run)
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[Path, typer.Option(
+        help="where the demo writes its MISP feed and state")] = Path("out/demo"),
+) -> None:
+    """Run the export job on the bundled sample data; no MISP or sensor needed."""
+    from misp_ndr.demo import run_demo
+
+    run_guarded(lambda: run_demo(output_dir, typer.echo))
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return app(args=argv)

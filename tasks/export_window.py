@@ -1,0 +1,57 @@
+"""Which time window an API export reads: since the last successful run, with overlap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from misp_ndr.config import Settings
+from misp_ndr.task_policy import batch_task
+from tasks.run_state import RunWatermarks
+
+
+@dataclass(frozen=True)
+class ExportWindow:
+    start: datetime
+    end: datetime
+    watermark_key: str
+
+    def __str__(self) -> str:
+        return f"{self.start.isoformat()} .. {self.end.isoformat()}"
+
+
+def _watermarks(settings: Settings) -> RunWatermarks:
+    return RunWatermarks(settings.state_dir / "watermarks.json")
+
+
+def export_window(
+    settings: Settings, since: datetime | None, until: datetime | None
+) -> ExportWindow:
+    """Explicit bounds win; else from the watermark minus the overlap (ADS stores events a
+    few minutes after their detection time), or a first-run lookback, up to now."""
+    key = f"export:flowmon-api:{settings.flowmon.url}"
+    end = _as_utc(until) if until else datetime.now(UTC)
+    if since is not None:
+        start = _as_utc(since)
+    else:
+        mark = _watermarks(settings).get(key)
+        overlap = timedelta(minutes=settings.flowmon.window_overlap_minutes)
+        lookback = timedelta(hours=settings.flowmon.first_run_lookback_hours)
+        start = mark - overlap if mark else end - lookback
+    if start >= end:
+        raise ValueError(
+            f"empty export window: {start.isoformat()} is not before {end.isoformat()}"
+        )
+    return ExportWindow(start, end, key)
+
+
+def advance_export_watermark(settings: Settings, window: ExportWindow) -> None:
+    _watermarks(settings).advance(window.watermark_key, window.end)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+export_window_task = batch_task(export_window, "export-window")
+advance_export_watermark_task = batch_task(advance_export_watermark, "advance-export-watermark")
