@@ -7,10 +7,6 @@ from enum import StrEnum
 from pathlib import Path
 
 from prefect import flow
-from tasks.flowmon import fetch_flowmon_detections_task
-from tasks.flowmon_batch import read_flowmon_batch_task
-from tasks.misp_events import build_event_drafts_task
-from tasks.suricata import read_suricata_alerts_task
 
 from misp_ndr.config import Distribution, load_settings
 from tasks.export_delivery import deliver_to_feed_task, deliver_to_misp_task, destination_name
@@ -21,7 +17,11 @@ from tasks.export_report import (
     summarize_export,
 )
 from tasks.export_window import advance_export_watermark_task, export_window_task
+from tasks.flowmon import fetch_flowmon_detections_task
+from tasks.flowmon_batch import read_flowmon_batch_task
 from tasks.indicators import select_export_indicators_task
+from tasks.misp_events import build_event_drafts_task
+from tasks.suricata import read_suricata_alerts_task
 from tasks.user_ip_filters import resolve_ip_filters_task
 
 DEFAULT_FEED_DIR = "./out/misp-feed"

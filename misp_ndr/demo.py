@@ -18,9 +18,8 @@ DEMO_INPUTS = [
 
 
 def run_demo(output_dir: Path, say: Callable[[str], None]) -> int:
-    from tasks.misp_feed import read_feed
-
     from flows.export import ExportSource, export_detections
+    from tasks.misp_feed import read_feed
 
     feed_dir = output_dir / "misp-feed"
     for source, name in DEMO_INPUTS:

@@ -33,6 +33,7 @@ class ExportReport:
     problems: list[ParseProblem] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     window: str = ""
+    preview: list[str] = field(default_factory=list)  # dry run: the events not sent
 
     @property
     def succeeded(self) -> bool:
@@ -74,7 +75,7 @@ class ExportReport:
         head = f"export from {self.source} to {self.destination}{mode}"
         if self.window:
             head += f"\nwindow: {self.window}"
-        lines = [head]
+        lines = [head, *self.preview]
         for row in self.rows():
             if row["item"] in ("failure", "problem"):
                 lines.append(f"  {row['item'].upper()}: {row['detail']}")
@@ -111,6 +112,7 @@ def summarize_export(
         window=str(window) if window else "",
     )
     if delivery is None:
+        report.preview = [describe_draft(draft) for draft in drafts]
         return report
     outcome = delivery.result(raise_on_failure=False)
     if isinstance(outcome, DeliveryResult):
@@ -119,6 +121,14 @@ def summarize_export(
     else:
         report.failures = [("(remaining events)", f"delivery aborted: {outcome}")]
     return report
+
+
+def describe_draft(draft: EventDraft) -> str:
+    """One line per event for a dry run: what MISP would receive."""
+    event = draft.event
+    attributes = ", ".join(f"{a['type']} {a['value']}" for a in event.get("Attribute", []))
+    return (f"  would send {draft.uuid} [{', '.join(draft.tags)}] {event.get('info', '')!r}:"
+            f" {attributes}")
 
 
 def publish_export_report(report: ExportReport) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 INDICATOR_COLUMNS: dict[str, str] = {
     "source_system": "string",
     "detection_id": "string",

@@ -1,0 +1,3 @@
+from misp_ndr.cli import main
+
+main()

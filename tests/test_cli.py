@@ -1,0 +1,94 @@
+"""The `misp-ndr` command line as an operator uses it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from misp_ndr.cli import app
+from tests.conftest import SAMPLES
+
+runner = CliRunner()
+SECRET = "cli-S3cret-key-never-printed-0123456789"
+
+
+def test_export_help_documents_every_option() -> None:
+    result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--source", "--input", "--feed-dir", "--feed-only", "--dry-run", "--since",
+                   "--until", "--timezone", "--tag", "--to-ids", "--distribution",
+                   "--ip-filter", "--publish"):
+        assert option in result.output
+
+
+def test_config_show_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISP_NDR_MISP__URL", "https://misp.example.org")
+    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", SECRET)
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 0
+    assert "https://misp.example.org" in result.output
+    assert SECRET not in result.output
+    assert "**********" in result.output
+
+
+def test_bad_configuration_exits_2_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISP_NDR_EXPORT__DISTRIBUTION", "9")
+    result = runner.invoke(app, ["export", "--source", "suricata", "--input", "eve.json"])
+    assert result.exit_code == 2
+    assert "MISP_NDR_EXPORT__DISTRIBUTION" in result.output
+
+
+def test_unknown_source_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["export", "--source", "zeek"])
+    assert result.exit_code == 2
+    assert "flowmon-api" in result.output
+
+
+def test_check_without_misp_says_exports_go_to_a_feed() -> None:
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 0
+    assert "not configured" in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_stdin_batch_is_exported_and_its_spool_file_removed(tmp_path: Path) -> None:
+    batch = (SAMPLES / "flowmon-batch.tsv").read_text()
+    result = runner.invoke(app, ["export", "--source", "flowmon-stdin", "--feed-dir",
+                                 str(tmp_path / "feed")], input=batch)
+    assert result.exit_code == 0, result.output
+    assert "events created" in result.output
+    assert list((tmp_path / ".misp-ndr" / "spool").iterdir()) == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_dry_run_prints_the_events_it_would_send(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export", "--source", "suricata", "--input",
+                                 str(SAMPLES / "eve.json"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "would send" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_readme_demo_command_runs_on_a_fresh_prefect_home(tmp_path: Path) -> None:
+    """README command 1, as a new user runs it: a real process, Prefect's ephemeral API."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_API_URL": "", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    command = [sys.executable, "-m", "misp_ndr", "demo", "--output-dir", str(tmp_path / "demo")]
+    first = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    feed = tmp_path / "demo" / "misp-feed"
+    match = re.search(r"MISP feed at (.+): (\d+) events", first.stdout)
+    assert match and Path(match.group(1)) == feed.resolve() and int(match.group(2)) > 0
+    assert (feed / "manifest.json").exists() and (feed / "hashes.csv").exists()
+    again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    created = re.findall(r"events created\s+(\d+)", again.stdout)
+    assert created == ["0", "0", "0"]  # a second run exports nothing twice
