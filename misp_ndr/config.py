@@ -8,6 +8,7 @@ the env var to fix; secret values never appear in that message.
 from __future__ import annotations
 
 import json
+import re
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -159,7 +160,8 @@ class ExportSettings(BaseModel):
             stripped = value.strip()
             if stripped.startswith("["):
                 return json.loads(stripped)
-            return [part.strip() for part in stripped.split(",") if part.strip()]
+            # commas inside {1,5,9} belong to an ADS pattern, not to the list
+            return [part.strip() for part in re.split(r",(?![^{]*\})", stripped) if part.strip()]
         return value
 
     @field_validator("ip_filters")

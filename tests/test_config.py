@@ -58,8 +58,9 @@ def test_dotenv_file_in_working_directory_is_read(tmp_path: Path) -> None:
 
 
 def test_ip_filters_env_is_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MISP_NDR_EXPORT__IP_FILTERS", "8.8.8.0/24, Servers ,1.1.1.*")
-    assert load_settings().export.ip_filters == ["8.8.8.0/24", "Servers", "1.1.1.*"]
+    monkeypatch.setenv("MISP_NDR_EXPORT__IP_FILTERS", "8.8.8.0/24, Servers ,1.1.1.{1,5,9},9.9.9.*")
+    assert load_settings().export.ip_filters == ["8.8.8.0/24", "Servers", "1.1.1.{1,5,9}",
+                                                 "9.9.9.*"]
 
 
 def test_invalid_ip_filter_literal_names_the_variable_and_entry(
