@@ -25,6 +25,7 @@ class DeliveryResult:
     updated: int = 0
     unchanged: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (event uuid, reason)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # delivered, but worth a look
 
 
 def destination_name(settings: Settings, feed_dir: Path, to_misp: bool) -> str:
@@ -50,6 +51,8 @@ def deliver_to_misp(drafts: list[EventDraft], settings: Settings) -> DeliveryRes
             continue
         ledger.record(result.destination, draft.uuid, draft.source_system,
                       draft.detection_id, draft.fingerprint)
+        if outcome.reason:
+            result.notes.append((draft.uuid, outcome.reason))
         if outcome.status == "created":
             result.created += 1
         else:

@@ -32,6 +32,7 @@ class ExportReport:
     unchanged: int = 0
     problems: list[ParseProblem] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
     window: str = ""
     preview: list[str] = field(default_factory=list)  # dry run: the events not sent
 
@@ -66,6 +67,8 @@ class ExportReport:
         ]
         rows += [{"item": "failure", "count": 1, "detail": f"event {uuid}: {reason}"}
                  for uuid, reason in self.failures]
+        rows += [{"item": "note", "count": 1, "detail": f"event {uuid}: {note}"}
+                 for uuid, note in self.notes]
         rows += [{"item": "problem", "count": 1, "detail": f"{p.source}: {p.reason} [{p.excerpt}]"}
                  for p in self.problems[:MAX_LISTED_PROBLEMS]]
         return rows
@@ -77,7 +80,7 @@ class ExportReport:
             head += f"\nwindow: {self.window}"
         lines = [head, *self.preview]
         for row in self.rows():
-            if row["item"] in ("failure", "problem"):
+            if row["item"] in ("failure", "note", "problem"):
                 lines.append(f"  {row['item'].upper()}: {row['detail']}")
             elif row["count"] or not str(row["item"]).startswith("records skipped"):
                 lines.append(f"  {row['item']:<46} {row['count']:>8}")
@@ -118,6 +121,7 @@ def summarize_export(
     if isinstance(outcome, DeliveryResult):
         report.created, report.updated = outcome.created, outcome.updated
         report.unchanged, report.failures = outcome.unchanged, list(outcome.failures)
+        report.notes = list(outcome.notes)
     else:
         report.failures = [("(remaining events)", f"delivery aborted: {outcome}")]
     return report
