@@ -42,7 +42,7 @@ def export_detections(
     feed_dir: str = DEFAULT_FEED_DIR,
     feed_only: bool = False,
     dry_run: bool = False,
-    timezone: str = "UTC",
+    timezone: str | None = None,
     tag: str | None = None,
     to_ids: bool | None = None,
     distribution: Distribution | None = None,
@@ -62,7 +62,8 @@ def export_detections(
         window = export_window_task(settings, since, until)
         batch = fetch_flowmon_detections_task(settings.flowmon, window.start, window.end)
     elif source is ExportSource.FLOWMON_STDIN:
-        batch = read_flowmon_batch_task(_required(input_path, source), timezone)
+        zone = timezone or settings.flowmon.timezone
+        batch = read_flowmon_batch_task(_required(input_path, source), zone)
     else:
         batch = read_suricata_alerts_task(_required(input_path, source))
     ranges = resolve_ip_filters_task(

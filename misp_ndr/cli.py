@@ -7,6 +7,7 @@ an env var costs a second, not a flow run.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -85,8 +86,9 @@ def export(
         "run, minus MISP_NDR_FLOWMON__WINDOW_OVERLAP_MINUTES")] = None,
     until: Annotated[str | None, typer.Option(
         help="flowmon-api window end: ISO time or age; default: now")] = None,
-    timezone: Annotated[str, typer.Option(
-        help="time zone of the appliance's clock, for flowmon-stdin tab-separated times")] = "UTC",
+    timezone: Annotated[str | None, typer.Option(
+        help="IANA time zone of the appliance's clock, for flowmon-stdin times without "
+        "offset (overrides MISP_NDR_FLOWMON__TIMEZONE, default UTC)")] = None,
     tag: Annotated[str | None, typer.Option(
         help="tag on every event (overrides MISP_NDR_EXPORT__TAG)")] = None,
     to_ids: Annotated[bool | None, typer.Option(
@@ -189,4 +191,7 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> Any:
+    # The ephemeral Prefect server's telemetry heartbeat cannot reach out from a SOC
+    # network and races its own SQLite start-up ("database is locked"); opt in explicitly.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return app(args=argv)

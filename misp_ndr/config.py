@@ -12,6 +12,7 @@ import re
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -102,6 +103,9 @@ class FlowmonSettings(TlsClientSettings):
     password: SecretStr | None = None
     perspective: str | None = Field(None, description="ADS perspective name or id for events")
     min_priority: Literal["critical", "high", "medium", "low", "info"] = "low"
+    timezone: str = Field(
+        "UTC", description="IANA zone of the appliance clock: ADS writes times without offset"
+    )
     page_size: int = Field(1000, ge=1, le=10000)
     filter_cache_seconds: int = Field(3600, ge=0, description="how long ADS filters are cached")
     first_run_lookback_hours: int = Field(
@@ -111,6 +115,15 @@ class FlowmonSettings(TlsClientSettings):
         15, ge=0, le=24 * 60, description="re-read this much before the watermark: ADS stores "
         "events minutes after their detection time; re-reads are idempotent",
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r}") from None
+        return zone
 
     @field_validator("password")
     @classmethod
@@ -221,6 +234,7 @@ FIX_HINTS: dict[str, str] = {
     "ip_filters": "use ADS filter names or IP, CIDR, a.b.c.*, a.b.c.[x-y] or start-end patterns",
     "threat_level": "use auto, or 1 (high), 2 (medium), 3 (low), 4 (undefined)",
     "analysis": "use 0 (initial), 1 (ongoing) or 2 (completed)",
+    "timezone": "use an IANA name such as UTC or Europe/Prague",
 }
 
 

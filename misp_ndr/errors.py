@@ -1,8 +1,8 @@
 """Error types shared by every job.
 
 Prefect decides whether to retry a task from the exception class alone (see
-`misp_ndr.retry.is_transient`), so every failure towards MISP or a sensor is raised as one
-of these, never as a bare `requests` or PyMISP exception.
+`misp_ndr.task_policy.retry_on_transient`), so every failure towards MISP or a sensor is
+raised as one of these, never as a bare `requests` or PyMISP exception.
 """
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
 import pandas as pd
 
 
@@ -78,3 +79,37 @@ class ParsedBatch:
     problems: list[ParseProblem] = field(default_factory=list)
     records_read: int = 0  # input records seen (lines / events), parseable or not
     skipped: dict[str, int] = field(default_factory=dict)  # deliberate skips: reason -> count
+
+
+# Times: every input ends as UTC in the detection table.
+HAS_UTC_OFFSET = r"(?:Z|[+-]\d\d:?\d\d)$"
+# The detection table keeps nanosecond times (years 1677-2262); a day of margin for the zone
+# shift. A time outside cannot be a real detection: it is unreadable, not a crash.
+_TABLE_TIME_RANGE = (
+    pd.Timestamp.min + pd.Timedelta(days=1), pd.Timestamp.max - pd.Timedelta(days=1)
+)
+_TABLE_TIME_RANGE_UTC = tuple(bound.tz_localize("UTC") for bound in _TABLE_TIME_RANGE)
+
+
+def times_to_utc(texts: pd.Series, timezone: str) -> pd.Series:
+    """ISO-like times to UTC; NaT where unreadable.
+
+    A time with a UTC offset keeps it; a time without one is the appliance clock in
+    `timezone`. In the autumn DST overlap the earlier (summer time) instant is taken, and a
+    time inside the spring gap moves forward: ADS writes local times without offsets, so
+    neither can be told apart, and one hour off beats dropping the detection.
+    """
+    texts = texts.astype("string").str.strip()
+    result = pd.Series(pd.NaT, index=texts.index, dtype="datetime64[ns, UTC]")
+    with_offset = texts.str.contains(HAS_UTC_OFFSET, regex=True).fillna(False).astype(bool)
+    if with_offset.any():
+        aware = pd.to_datetime(texts[with_offset], format="ISO8601", utc=True, errors="coerce")
+        result[with_offset] = aware.where(aware.between(*_TABLE_TIME_RANGE_UTC))
+    naive = ~with_offset & texts.notna()
+    if naive.any():
+        local = pd.to_datetime(texts[naive], format="ISO8601", errors="coerce")
+        local = local.where(local.between(*_TABLE_TIME_RANGE))
+        result[naive] = local.dt.tz_localize(
+            timezone, ambiguous=np.ones(len(local), dtype=bool), nonexistent="shift_forward"
+        ).dt.tz_convert("UTC")
+    return result

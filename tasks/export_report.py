@@ -73,17 +73,24 @@ class ExportReport:
                  for p in self.problems[:MAX_LISTED_PROBLEMS]]
         return rows
 
+    def summary_line(self) -> str:
+        return (f"{self.records_read} records, {self.events_built} events: {self.created} "
+                f"created, {self.updated} updated, {self.unchanged} unchanged, "
+                f"{len(self.failures)} failed; {len(self.problems)} problems reported")
+
     def render_text(self) -> str:
         mode = " (dry run: nothing sent)" if self.dry_run else ""
         head = f"export from {self.source} to {self.destination}{mode}"
         if self.window:
             head += f"\nwindow: {self.window}"
         lines = [head, *self.preview]
-        for row in self.rows():
+        rows = self.rows()
+        width = max(len(str(row["item"])) for row in rows)
+        for row in rows:
             if row["item"] in ("failure", "note", "problem"):
-                lines.append(f"  {row['item'].upper()}: {row['detail']}")
-            elif row["count"] or not str(row["item"]).startswith("records skipped"):
-                lines.append(f"  {row['item']:<46} {row['count']:>8}")
+                lines.append(f"  {str(row['item']).upper()}: {row['detail']}")
+            else:
+                lines.append(f"  {row['item']:<{width}} {row['count']:>8}")
         if len(self.problems) > MAX_LISTED_PROBLEMS:
             lines.append(f"  ... and {len(self.problems) - MAX_LISTED_PROBLEMS} more problems")
         return "\n".join(lines)
@@ -136,13 +143,13 @@ def describe_draft(draft: EventDraft) -> str:
 
 
 def publish_export_report(report: ExportReport) -> None:
-    """The run's table artifact in the Prefect UI, and its text in the run log."""
+    """The run's table artifact in the Prefect UI, and a one-line summary in its log."""
     create_table_artifact(
         key="export-report",
         table=report.rows(),
         description=f"Export from {report.source} to {report.destination}",
     )
-    print(report.render_text())
+    print(report.summary_line())
 
 
 publish_export_report_task = batch_task(publish_export_report, "publish-export-report")

@@ -10,40 +10,18 @@ import pandas as pd
 import pytest
 import requests
 import responses
-from pymisp import __version__ as pymisp_version
-from pymisp.api import describe_types
 
 from misp_ndr.config import ExportSettings, MispSettings
 from misp_ndr.errors import AuthError, ConfigError, TransientError
 from tasks.detections import normalize_detections
 from tasks.misp import MispClient, content_for_update
 from tasks.misp_events import EventDraft, build_event_drafts
-
-URL = "https://misp.test"
-API_KEY = "Xk3vQ9pL7rT2mN8bW4cY6dF1gH5jK0sA9eR3tU7i"
-ROLE_ALL = {"name": "Org Admin", "perm_add": True, "perm_tag_editor": True, "perm_tagger": True,
-            "perm_sighting": True, "perm_publish": True, "perm_site_admin": False}
-ALREADY_EXISTS = {"name": "Event already exists, if you would like to edit it, use the url in "
-                  "the location header.", "message": "Event already exists", "url": "/events/add"}
+from tests.misp_stand_in import ALREADY_EXISTS, API_KEY, ROLE_ALL, URL, mock_connection
 
 
 def misp_settings(url: str = URL, **overrides: Any) -> MispSettings:
     return MispSettings(url=url, api_key=API_KEY, retries=3, retry_backoff=0, timeout=7.5,
                         **overrides)
-
-
-def mock_connection(rsps: responses.RequestsMock, url: str = URL,
-                    role: dict[str, Any] | None = None) -> None:
-    """The GETs PyMISP's constructor makes, answered by a healthy MISP 2.5."""
-    rsps.get(f"{url}/servers/getVersion",
-             json={"version": "2.5.1", "pymisp_recommended_version": pymisp_version})
-    rsps.get(f"{url}/users/view/me", json={
-        "User": {"id": "3", "email": "soc@example.org", "org_id": "1"},
-        "Role": role or ROLE_ALL,
-        "UserSetting": {},
-        "Organisation": {"id": "1", "name": "ACME CSIRT"},
-    })
-    rsps.get(f"{url}/attributes/describeTypes.json", json={"result": describe_types})
 
 
 def sample_draft(**export: Any) -> EventDraft:

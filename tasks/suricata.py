@@ -1,0 +1,213 @@
+"""Suricata eve.json alerts become the detection table.
+
+Only `alert` records are detections; flow, dns, stats and the other eve record types are
+counted as skipped. An alert's `detection_id` is `<flow_id>-<signature_id>`, so the alerts
+one signature raises on one flow are a single detection (one MISP event), and re-reading the
+same file yields the same ids. An alert without a flow id is keyed by a hash of its line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from misp_ndr.errors import InputError
+from misp_ndr.task_policy import batch_task
+from tasks.detections import (
+    HAS_UTC_OFFSET,
+    ParsedBatch,
+    ParseProblem,
+    Priority,
+    empty_detections,
+    normalize_detections,
+    times_to_utc,
+)
+
+SOURCE_SYSTEM = "suricata"
+SEVERITY_PRIORITY: dict[int, Priority] = {1: Priority.HIGH, 2: Priority.MEDIUM, 3: Priority.LOW}
+REPEATED_ALERT = "alert repeated on the same flow and signature"
+LINE_HASH_CHARS = 16
+
+_ALERT_COLUMNS = [
+    "line", "record", "detection_id", "timestamp", "method", "method_description", "priority",
+    "src_ip", "dst_ip", "src_port", "dst_port", "protocol", "domain", "hostname", "detail",
+]
+
+
+class _BadRecord(ValueError):
+    """A line that is not a usable alert; its message is the problem's reason."""
+
+
+def severity_priority(severity: Any) -> Priority:
+    """Suricata severity 1 high, 2 medium, 3 low; anything else (4+, missing) is info."""
+    if isinstance(severity, bool) or not isinstance(severity, int):
+        return Priority.INFO
+    return SEVERITY_PRIORITY.get(severity, Priority.INFO)
+
+
+def read_eve_file(path: str | Path) -> ParsedBatch:
+    """Stream an eve.json file; a file that cannot be opened at all is an `InputError`."""
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(
+            f"cannot read Suricata eve file {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    with handle:
+        return parse_eve_lines(_lines(handle, path), origin=path.name)
+
+
+def _lines(handle: Iterable[bytes], path: Path) -> Iterator[bytes]:
+    try:
+        yield from handle
+    except OSError as exc:
+        raise InputError(f"reading Suricata eve file {path} failed: {exc}") from None
+
+
+def parse_eve_lines(lines: Iterable[str | bytes], origin: str = "eve.json") -> ParsedBatch:
+    """Alerts of eve JSON lines; each unreadable line becomes a problem naming its number."""
+    alerts: list[tuple[Any, ...]] = []
+    problems: list[ParseProblem] = []
+    skipped: dict[str, int] = {}
+    records_read = 0
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        records_read += 1
+        try:
+            record = _json_object(line)
+            event_type = record.get("event_type")
+            if event_type != "alert":
+                if not isinstance(event_type, str) or not event_type:
+                    raise _BadRecord("no event_type")
+                reason = f"eve {event_type} record (not an alert)"
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            alerts.append(_alert_row(number, line, record))
+        except _BadRecord as exc:
+            problems.append(ParseProblem.make(f"{origin} line {number}", str(exc), line))
+    batch = _alerts_to_batch(pd.DataFrame(alerts, columns=_ALERT_COLUMNS), origin)
+    skipped.update(batch.skipped)
+    return ParsedBatch(batch.detections, problems + batch.problems, records_read, skipped)
+
+
+def _json_object(line: str | bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except UnicodeDecodeError:
+        raise _BadRecord("not UTF-8 text") from None
+    except ValueError as exc:
+        raise _BadRecord(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise _BadRecord("not a JSON object")
+    return record
+
+
+def _alert_row(number: int, line: str | bytes, record: dict[str, Any]) -> tuple[Any, ...]:
+    alert = record.get("alert")
+    if not isinstance(alert, dict):
+        raise _BadRecord("alert record without an 'alert' object")
+    signature_id = _integer(alert.get("signature_id"))
+    if signature_id is None:
+        raise _BadRecord("alert.signature_id is missing or not an integer")
+    timestamp = record.get("timestamp")
+    if not isinstance(timestamp, str):
+        raise _BadRecord("timestamp is missing")
+    flow_id = _integer(record.get("flow_id"))
+    return (
+        number, line, _detection_id(flow_id, signature_id, line), timestamp, str(signature_id),
+        _text(alert.get("signature")), severity_priority(alert.get("severity")).value,
+        _text(record.get("src_ip")), _text(record.get("dest_ip")),
+        _port(record.get("src_port")), _port(record.get("dest_port")),
+        _text(record.get("proto")), _dns_name(record.get("dns")), _host_name(record),
+        _text(alert.get("category")),
+    )
+
+
+def _detection_id(flow_id: int | None, signature_id: int, line: str | bytes) -> str:
+    if flow_id is not None:
+        return f"{flow_id}-{signature_id}"
+    data = line.encode("utf-8") if isinstance(line, str) else line
+    return hashlib.sha256(data.strip()).hexdigest()[:LINE_HASH_CHARS]
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _port(value: Any) -> int | None:
+    port = _integer(value)
+    return port if port is not None and 0 <= port <= 65535 else None
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _host_name(record: dict[str, Any]) -> str | None:
+    """HTTP Host, else TLS SNI: the name the client asked the server for."""
+    http, tls = record.get("http"), record.get("tls")
+    hostname = _text(http.get("hostname")) if isinstance(http, dict) else None
+    return hostname or (_text(tls.get("sni")) if isinstance(tls, dict) else None)
+
+
+def _dns_name(dns: Any) -> str | None:
+    """The queried name of a DNS alert: eve v2 `query[]`, v3 `queries[]`, or `rrname`.
+    When an alert carries several questions, the first is kept."""
+    if not isinstance(dns, dict):
+        return None
+    for key in ("query", "queries"):
+        questions = dns.get(key)
+        if isinstance(questions, list):
+            for question in questions:
+                name = _text(question.get("rrname")) if isinstance(question, dict) else None
+                if name:
+                    return name.rstrip(".").lower()
+    name = _text(dns.get("rrname"))
+    return name.rstrip(".").lower() if name else None
+
+
+def _alerts_to_batch(alerts: pd.DataFrame, origin: str) -> ParsedBatch:
+    """Column-wise: timestamps to UTC (bad ones become problems), then repeats merged."""
+    if alerts.empty:
+        return ParsedBatch(empty_detections())
+    with_offset = alerts["timestamp"].str.contains(HAS_UTC_OFFSET, regex=True)
+    times = times_to_utc(alerts["timestamp"].where(with_offset), "UTC")
+    unreadable = times.isna()
+    problems = [
+        ParseProblem.make(f"{origin} line {number}",
+                          f"unreadable timestamp {stamp[:40]!r} (want ISO 8601 with a UTC offset)",
+                          line)
+        for number, stamp, line in zip(
+            alerts.loc[unreadable, "line"], alerts.loc[unreadable, "timestamp"],
+            alerts.loc[unreadable, "record"], strict=True,
+        )
+    ]
+    rows = alerts.assign(time=times, source_system=SOURCE_SYSTEM)[~unreadable]
+    merged = _merge_repeated_alerts(rows)
+    skipped = {REPEATED_ALERT: len(rows) - len(merged)} if len(merged) < len(rows) else {}
+    return ParsedBatch(normalize_detections(merged), problems=problems, skipped=skipped)
+
+
+def _merge_repeated_alerts(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (detection, source, destination): the earliest time, and per column the
+    first value any of the repeats had (a later alert may carry the HTTP host)."""
+    key = ["detection_id", "src_ip", "dst_ip"]
+    ordered = rows.sort_values("time", kind="stable")
+    return ordered.groupby(key, sort=False, dropna=False).first().reset_index()
+
+
+read_suricata_alerts_task = batch_task(read_eve_file, "read-suricata-alerts")

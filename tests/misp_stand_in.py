@@ -1,0 +1,99 @@
+"""A stateful MISP behind `responses`: stores what it is sent and answers like MISP 2.5.
+
+Canned answers cannot show that a re-run or a retry duplicates nothing; this can: tests
+count what MISP ended up holding.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import responses
+from pymisp import __version__ as pymisp_version
+from pymisp.api import describe_types
+
+URL = "https://misp.test"
+API_KEY = "Xk3vQ9pL7rT2mN8bW4cY6dF1gH5jK0sA9eR3tU7i"
+ROLE_ALL = {"name": "Org Admin", "perm_add": True, "perm_tag_editor": True, "perm_tagger": True,
+            "perm_sighting": True, "perm_publish": True, "perm_site_admin": False}
+ALREADY_EXISTS = {"name": "Event already exists, if you would like to edit it, use the url in "
+                  "the location header.", "message": "Event already exists", "url": "/events/add"}
+Answer = tuple[int, dict[str, str], str]
+
+
+def mock_connection(rsps: responses.RequestsMock, url: str = URL,
+                    role: dict[str, Any] | None = None) -> None:
+    """The GETs PyMISP's constructor makes, answered by a healthy MISP 2.5."""
+    rsps.get(f"{url}/servers/getVersion",
+             json={"version": "2.5.1", "pymisp_recommended_version": pymisp_version})
+    rsps.get(f"{url}/users/view/me", json={
+        "User": {"id": "3", "email": "soc@example.org", "org_id": "1"},
+        "Role": role or ROLE_ALL,
+        "UserSetting": {},
+        "Organisation": {"id": "1", "name": "ACME CSIRT"},
+    })
+    rsps.get(f"{url}/attributes/describeTypes.json", json={"result": describe_types})
+
+
+def _json(status: int, body: Any) -> Answer:
+    return status, {"Content-Type": "application/json"}, json.dumps(body)
+
+
+class MispStandIn:
+    def __init__(self, rsps: responses.RequestsMock, url: str = URL) -> None:
+        self.url = url
+        self.events: dict[str, dict[str, Any]] = {}
+        self.tags: set[str] = set()
+        self.writes: list[tuple[str, str]] = []  # (endpoint, event uuid), in order
+        self.unavailable_on_writes: set[int] = set()  # 1-based write numbers answering 503
+        mock_connection(rsps, url)
+        rsps.add_callback(responses.POST, f"{url}/tags/search", self._search_tag)
+        rsps.add_callback(responses.POST, f"{url}/tags/add", self._add_tag)
+        rsps.add_callback(responses.POST, f"{url}/events/add", self._add_event)
+        rsps.add_callback(responses.POST, re.compile(rf"{re.escape(url)}/events/edit/.+"),
+                          self._edit_event)
+
+    def _search_tag(self, request: Any) -> Answer:
+        name = json.loads(request.body)["tagname"]
+        return _json(200, [{"Tag": {"id": "1", "name": name}}] if name in self.tags else [])
+
+    def _add_tag(self, request: Any) -> Answer:
+        name = json.loads(request.body)["name"]
+        self.tags.add(name)
+        return _json(200, {"Tag": {"id": str(len(self.tags)), "name": name}})
+
+    def _unavailable(self) -> bool:
+        return len(self.writes) in self.unavailable_on_writes
+
+    def _add_event(self, request: Any) -> Answer:
+        event = self._body(request)
+        self.writes.append(("add", event["uuid"]))
+        if self._unavailable():
+            return 503, {}, "Service Unavailable"
+        if event["uuid"] in self.events:
+            return _json(404, ALREADY_EXISTS)
+        return _json(200, {"Event": self._store(event)})
+
+    def _edit_event(self, request: Any) -> Answer:
+        uuid = request.url.rsplit("/", 1)[1]
+        self.writes.append(("edit", uuid))
+        if self._unavailable():
+            return 503, {}, "Service Unavailable"
+        return _json(200, {"Event": self._store({**self._body(request), "uuid": uuid})})
+
+    @staticmethod
+    def _body(request: Any) -> dict[str, Any]:
+        body = json.loads(request.body)
+        return body.get("Event", body)
+
+    def _store(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Keep the event as MISP would: tags only if they exist, attributes by UUID."""
+        stored = self.events.setdefault(event["uuid"], {"id": str(len(self.events) + 1),
+                                                        "Attribute": []})
+        stored.update({k: v for k, v in event.items() if k not in ("Attribute", "Tag")})
+        stored["Tag"] = [tag for tag in event.get("Tag", []) if tag["name"] in self.tags]
+        known = {attribute["uuid"] for attribute in stored["Attribute"]}
+        stored["Attribute"] += [a for a in event.get("Attribute", []) if a["uuid"] not in known]
+        return stored

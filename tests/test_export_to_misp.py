@@ -1,0 +1,90 @@
+"""The export flow against a stateful MISP stand-in: exact requests, nothing twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import responses
+
+import flows.export
+from flows.export import ExportSource, export_detections
+from tasks.export_report import ExportIncomplete
+from tasks.misp_events import event_uuid
+from tests.conftest import SAMPLES
+from tests.misp_stand_in import API_KEY, URL, MispStandIn
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def misp(monkeypatch: pytest.MonkeyPatch) -> Iterator[MispStandIn]:
+    monkeypatch.setenv("MISP_NDR_MISP__URL", URL)
+    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", API_KEY)
+    monkeypatch.setenv("MISP_NDR_MISP__RETRIES", "1")
+    monkeypatch.setenv("MISP_NDR_MISP__RETRY_BACKOFF", "0")
+    monkeypatch.setenv("MISP_NDR_EXPORT__TAG", "flowmon-ads")
+    monkeypatch.setenv("MISP_NDR_EXPORT__TO_IDS", "1")
+    monkeypatch.setenv("MISP_NDR_EXPORT__DISTRIBUTION", "1")
+    fast_retry = flows.export.deliver_to_misp_task.with_options(retry_delay_seconds=0)
+    monkeypatch.setattr(flows.export, "deliver_to_misp_task", fast_retry)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield MispStandIn(rsps)
+
+
+def export_flowmon_batch() -> flows.export.ExportReport:
+    return export_detections(source=ExportSource.FLOWMON_STDIN,
+                             input_path=str(SAMPLES / "flowmon-batch.tsv"))
+
+
+def test_each_detection_becomes_one_published_event_in_one_call(misp: MispStandIn) -> None:
+    report = export_flowmon_batch()
+    assert report.succeeded and report.created == len(misp.events) > 0
+    assert [kind for kind, _ in misp.writes] == ["add"] * report.created
+    assert "flowmon-ads" in misp.tags
+    for uuid, event in misp.events.items():
+        assert uuid == event_uuid("flowmon", event["Attribute"][0]["comment"].split()[2])
+        assert event["published"] is True
+        assert int(event["distribution"]) == 1
+        assert event["Tag"][0]["name"] == "flowmon-ads"
+        assert {a["type"] for a in event["Attribute"]} <= {"ip-src", "ip-dst", "domain",
+                                                          "hostname"}
+        assert all(a["to_ids"] is True for a in event["Attribute"])
+
+
+def test_rerun_sends_nothing_and_a_lost_ledger_updates_instead_of_duplicating(
+    misp: MispStandIn, tmp_path: Path,
+) -> None:
+    first = export_flowmon_batch()
+    stored = {uuid: len(event["Attribute"]) for uuid, event in misp.events.items()}
+    second = export_flowmon_batch()
+    assert (second.created, second.updated, second.unchanged) == (0, 0, first.created)
+    assert len(misp.writes) == first.created
+    (tmp_path / ".misp-ndr" / "export-ledger.sqlite").unlink()
+    third = export_flowmon_batch()
+    assert (third.created, third.updated) == (0, first.created)
+    assert {uuid: len(event["Attribute"]) for uuid, event in misp.events.items()} == stored
+
+
+def test_misp_outage_mid_batch_is_retried_and_resumes_without_duplicates(
+    misp: MispStandIn,
+) -> None:
+    misp.unavailable_on_writes = {2, 3}  # the 2nd event fails its request and its retry
+    report = export_flowmon_batch()
+    assert report.succeeded
+    added = [uuid for kind, uuid in misp.writes if kind == "add"]
+    assert len(set(added)) == len(misp.events) == report.created + report.unchanged
+    assert added.count(added[1]) == 3  # the failed one: twice in the first try, once after
+
+
+def test_misp_down_for_good_fails_the_run_and_keeps_the_watermark(
+    misp: MispStandIn,
+) -> None:
+    misp.unavailable_on_writes = set(range(1, 100))
+    with pytest.raises(ExportIncomplete) as failure:
+        export_flowmon_batch()
+    report = failure.value.report
+    assert not report.succeeded
+    assert "delivery aborted" in report.failures[0][1]
+    assert misp.events == {}
