@@ -10,6 +10,9 @@ import pytest
 
 SAMPLES = Path(__file__).resolve().parent.parent / "misp_ndr" / "samples"
 
+# As the CLI does: the test server's telemetry heartbeat only races its own SQLite start-up.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import responses
 from typer.testing import CliRunner
 
 from misp_ndr.cli import app
 from tests.conftest import SAMPLES
+from tests.misp_stand_in import API_KEY, URL, MispStandIn
 
 runner = CliRunner()
 SECRET = "cli-S3cret-key-never-printed-0123456789"
@@ -92,3 +94,25 @@ def test_readme_demo_command_runs_on_a_fresh_prefect_home(tmp_path: Path) -> Non
     assert again.returncode == 0, again.stdout + again.stderr
     created = re.findall(r"events created\s+(\d+)", again.stdout)
     assert created == ["0", "0", "0"]  # a second run exports nothing twice
+
+
+def test_check_reports_version_and_what_the_key_may_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISP_NDR_MISP__URL", URL)
+    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", API_KEY)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        MispStandIn(rsps)
+        result = runner.invoke(app, ["check"])
+    assert result.exit_code == 0, result.output
+    assert "2.5.1" in result.output
+    for ability in ("events", "tags", "sightings"):
+        assert ability in result.output
+    assert API_KEY not in result.output
+
+
+def test_check_with_unreachable_misp_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISP_NDR_MISP__URL", "http://127.0.0.1:9")  # discard port: refused
+    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", API_KEY)
+    monkeypatch.setenv("MISP_NDR_MISP__RETRIES", "0")
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 1
+    assert "unreachable" in result.output or "not reachable" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,3 +89,18 @@ def test_misp_down_for_good_fails_the_run_and_keeps_the_watermark(
     assert not report.succeeded
     assert "delivery aborted" in report.failures[0][1]
     assert misp.events == {}
+
+
+def test_rejected_api_key_fails_at_once_without_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISP_NDR_MISP__URL", URL)
+    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", API_KEY)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.get(re.compile(f"{URL}/.*"), status=403, json={
+            "name": "Authentication failed.", "message": "Authentication failed.",
+            "url": "/users/view/me"})
+        with pytest.raises(ExportIncomplete) as failure:
+            export_flowmon_batch()
+        urls = [call.request.url for call in rsps.calls]
+    assert len(urls) == len(set(urls))  # no per-request or task-level retry of an auth error
+    reason = failure.value.report.failures[0][1]
+    assert "rejected the API key" in reason and API_KEY not in reason
