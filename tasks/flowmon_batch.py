@@ -145,49 +145,29 @@ def _json_record(number: int, where: str, line: str) -> dict[str, Any]:
         raise _BadLine(f"not JSON ({exc})") from None
     if not isinstance(event, dict):
         raise _BadLine("not a JSON object")
-    if "timestamp" in event:
-        return _ads_json_record(number, where, line, event)
-    return _ids_json_record(number, where, line, event)
+    keys = ADS_JSON_KEYS if "timestamp" in event else IDS_JSON_KEYS
+    return _keyed_json_record(number, where, line, event, keys)
 
 
-def _ads_json_record(
-    number: int, where: str, line: str, event: dict[str, Any]
+# JSON batch keys -> record columns: ADS events, and IDS events (which have no timestamp)
+ADS_JSON_KEYS = {"detection_id": "id", "time": "timestamp", "method": "type",
+                 "method_description": "typeDesc", "priority": "severity", "detail": "detail",
+                 "src_ip": "source", "targets": "targets"}
+IDS_JSON_KEYS = {"detection_id": "id", "time": "firstSeen", "method_description": "category",
+                 "priority": "severity", "detail": "signatureName", "src_ip": "srcIp",
+                 "targets": "dstIp"}
+_ADDRESS_COLUMNS = ("src_ip", "targets")
+
+
+def _keyed_json_record(
+    number: int, where: str, line: str, event: dict[str, Any], keys: dict[str, str]
 ) -> dict[str, Any]:
-    return {
-        "position": number,
-        "where": where,
-        "record": line,
-        "detection_id": text_or_none(event.get("id")),
-        "time": text_or_none(event.get("timestamp")),
-        "method": text_or_none(event.get("type")),
-        "method_description": text_or_none(event.get("typeDesc")),
-        "priority": text_or_none(event.get("severity")),
-        "detail": text_or_none(event.get("detail")),
-        "src_ip": address_list_text(event.get("source")),
-        "targets": address_list_text(event.get("targets")),
-        "protocol": None,
-        "ports": None,
-    }
-
-
-def _ids_json_record(
-    number: int, where: str, line: str, event: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "position": number,
-        "where": where,
-        "record": line,
-        "detection_id": text_or_none(event.get("id")),
-        "time": text_or_none(event.get("firstSeen")),
-        "method": IDS_METHOD,
-        "method_description": text_or_none(event.get("category")),
-        "priority": text_or_none(event.get("severity")),
-        "detail": text_or_none(event.get("signatureName")),
-        "src_ip": address_list_text(event.get("srcIp")),
-        "targets": address_list_text(event.get("dstIp")),
-        "protocol": None,
-        "ports": None,
-    }
+    record: dict[str, Any] = {"position": number, "where": where, "record": line,
+                              "method": IDS_METHOD, "protocol": None, "ports": None}
+    for column, key in keys.items():
+        read = address_list_text if column in _ADDRESS_COLUMNS else text_or_none
+        record[column] = read(event.get(key))
+    return record
 
 
 read_flowmon_batch_task = batch_task(read_custom_script_batch, "read-flowmon-batch")

@@ -12,12 +12,9 @@ are written before the manifest that lists them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
-import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,13 +23,13 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from misp_ndr.atomic_files import write_atomically
 from misp_ndr.errors import InputError
 from tasks.misp_events import EventDraft, project_uuid5
 
 MANIFEST = "manifest.json"
 HASHES = "hashes.csv"
 DEFAULT_ORG_NAME = "misp-ndr"
-FEED_FILE_MODE = 0o644  # MISP usually pulls the feed through a web server running as another user
 TIME_FIELDS = frozenset({"timestamp", "publish_timestamp", "date"})
 MANIFEST_FIELDS = ("Orgc", "Tag", "info", "date", "analysis", "threat_level_id", "timestamp")
 
@@ -193,25 +190,9 @@ def _merged_hashes(path: Path, events: dict[str, EventDraft]) -> bytes:
 def _write_if_changed(path: Path, data: bytes) -> WriteOutcome:
     """Unchanged files are left alone: their mtime (and MISP's next pull) stay put."""
     if not path.exists():
-        _replace_atomically(path, data)
+        write_atomically(path, data)
         return "created"
     if path.read_bytes() == data:
         return "unchanged"
-    _replace_atomically(path, data)
+    write_atomically(path, data)
     return "updated"
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                             suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as temp_file:
-            temp_file.write(data)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.chmod(temp_name, FEED_FILE_MODE)
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise

@@ -11,12 +11,12 @@ import json
 import time
 from pathlib import Path
 
+from misp_ndr.atomic_files import write_atomically
 from misp_ndr.config import FlowmonSettings
 from misp_ndr.errors import ConfigError
 from misp_ndr.task_policy import batch_task
 from tasks.flowmon import FlowmonClient
 from tasks.ip_addresses import AddressRanges, is_filter_name
-from tasks.run_state import write_atomically
 
 
 def cached_ads_filters(flowmon: FlowmonSettings, cache_path: Path) -> dict[str, list[str]]:

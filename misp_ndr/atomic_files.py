@@ -1,0 +1,26 @@
+"""Replace a file so that readers (MISP pulling a feed, Zeek re-reading intel, the next run
+reading state) see the old content or the new, never half of it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+SHARED_FILE_MODE = 0o644  # mkstemp makes 0600: a web server or sensor must read our outputs
+
+
+def write_atomically(path: Path, data: bytes, mode: int = SHARED_FILE_MODE) -> None:
+    """Temp file in the same directory, fsync, chmod, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            temp.write(data)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.chmod(temp_name, mode)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
