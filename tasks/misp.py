@@ -35,6 +35,7 @@ from misp_ndr.http import (
     retrying_adapter,
     warn_if_insecure,
 )
+from misp_ndr.log_redaction import redact_secret_in_logger
 from tasks.misp_events import EventDraft
 
 SYSTEM = "MISP"
@@ -210,6 +211,7 @@ class MispClient:
         warn_if_insecure(self._settings, SYSTEM)
         adapter = retrying_adapter(self._settings)
         logging.getLogger("pymisp").addFilter(_hide_expected_already_exists)
+        redact_secret_in_logger("pymisp", self._api_key.get_secret_value())
         try:
             api = PyMISP(
                 self._url,

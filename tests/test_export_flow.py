@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,20 @@ def test_run_parameters_override_configuration(tmp_path: Path,
         assert event["Event"]["Tag"][0]["name"] == "from-run"
         assert int(event["Event"]["distribution"]) == 3
         assert all(attr["to_ids"] is True for attr in event["Event"]["Attribute"])
+
+
+def test_each_run_publishes_its_report_as_a_table_artifact(tmp_path: Path) -> None:
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    report = run_export(tmp_path, ExportSource.SURICATA, "eve.json")
+    # Prefect 3.8's client sends null filter fields this server refuses: ask the API itself
+    answer = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json={
+        "artifacts": {"key": {"any_": ["export-report"]}}, "sort": "CREATED_DESC",
+        "limit": 1, "offset": 0})
+    answer.raise_for_status()
+    rows = json.loads(answer.json()[0]["data"])
+    figures = {row["item"]: row["count"] for row in rows}
+    assert figures["events created"] == report.created
+    assert figures["dropped as non-global"] == report.indicator_counts["non_global"]
+    assert any(row["item"] == "problem" and "line" in row["detail"] for row in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,3 +105,14 @@ def test_rejected_api_key_fails_at_once_without_retries(monkeypatch: pytest.Monk
     assert len(urls) == len(set(urls))  # no per-request or task-level retry of an auth error
     reason = failure.value.report.failures[0][1]
     assert "rejected the API key" in reason and API_KEY not in reason
+
+
+def test_api_key_never_reaches_logs_or_the_report(
+    misp: MispStandIn, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    misp.unavailable_on_writes = {1, 2}  # make MISP complain once: errors get logged
+    with caplog.at_level(logging.DEBUG):
+        report = export_flowmon_batch()
+    printed = capsys.readouterr()
+    assert API_KEY not in caplog.text + printed.out + printed.err
+    assert API_KEY not in report.render_text() + repr(report)
