@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date, time
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -206,6 +207,52 @@ class ExportSettings(BaseModel):
         return template
 
 
+class RulesSettings(BaseModel):
+    """The rule update job: what to pull from MISP, what to write for the sensors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: Path = Field(Path("out/rules"), description="where rule files are written")
+    suricata: bool = Field(True, description="write the Suricata rules file and its lists")
+    flowmon: bool = Field(True, description="write Flowmon ADS blacklist files")
+    zeek: bool = Field(True, description="write the Zeek Intel framework file")
+    event_tags: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated: pull only events with one of these")
+    exclude_tags: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated: never pull events with these")
+    max_event_age_days: int = Field(30, ge=1, le=3650, description="older events are left out")
+    published_only: bool = True
+    enforce_warninglists: bool = Field(True, description="MISP drops known-benign values")
+    page_size: int = Field(5000, ge=100, le=50000, description="attributes per restSearch page")
+    sid_range_start: int = Field(1_000_000, ge=1)
+    sid_range_end: int = Field(1_999_999, ge=1)
+    dataset_threshold: int = Field(
+        10_000, ge=1, description="beyond this many IPs (or domains), use datasets / IP "
+        "reputation instead of one rule each")
+    history_keep: int = Field(5, ge=1, le=100, description="previous rulesets kept for rollback")
+    customizations_file: Path = Field(
+        Path("rule-customizations.conf"), description="local disables, thresholds, modifications")
+    reload_command: str | None = Field(
+        None, description="run after a successful write, e.g. 'suricatasc -c reload-rules'")
+    schedule_start_date: date | None = Field(None, description="first automatic update (UTC)")
+    schedule_time_utc: time = Field(time(3, 0), description="time of day of automatic updates")
+    schedule_every_days: int = Field(1, ge=1, le=365)
+
+    @field_validator("event_tags", "exclude_tags", mode="before")
+    @classmethod
+    def _split_tags(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _sid_range_order(self) -> RulesSettings:
+        if self.sid_range_end - self.sid_range_start < 1000:
+            raise ValueError("sid_range_end must be at least 1000 above sid_range_start "
+                             "(MISP_NDR_RULES__SID_RANGE_START / _END)")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration. Env: MISP_NDR_<SECTION>__<FIELD>, e.g. MISP_NDR_MISP__URL."""
 
@@ -220,6 +267,7 @@ class Settings(BaseSettings):
     misp: MispSettings = Field(default_factory=MispSettings)
     flowmon: FlowmonSettings = Field(default_factory=FlowmonSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
     state_dir: Path = Field(
         Path(".misp-ndr"), description="run watermarks, export ledger and spooled input batches"
     )
