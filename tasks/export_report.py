@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect.artifacts import create_table_artifact
-
 from misp_ndr.task_policy import batch_task
 from tasks.detections import ParsedBatch, ParseProblem
 from tasks.export_delivery import DeliveryResult
 from tasks.indicators import IndicatorSelection
 from tasks.misp_events import EventDraft
+from tasks.run_report import Row, figure_rows, publish_rows, remark_rows, render_rows
 
 MAX_LISTED_PROBLEMS = 50
 
@@ -41,7 +40,7 @@ class ExportReport:
         """Every record handled: exported, filtered, skipped on purpose, or reported."""
         return not self.failures
 
-    def rows(self) -> list[dict[str, str | int]]:
+    def rows(self) -> list[Row]:
         """The table artifact: one row per figure, then one per failure and problem."""
         counts = self.indicator_counts
         figures: list[tuple[str, int]] = [
@@ -62,16 +61,13 @@ class ExportReport:
             ("events skipped (already exported, unchanged)", self.unchanged),
             ("events failed", len(self.failures)),
         ]
-        rows: list[dict[str, str | int]] = [
-            {"item": name, "count": count, "detail": ""} for name, count in figures
+        return [
+            *figure_rows(figures),
+            *remark_rows("failure", [f"event {uuid}: {why}" for uuid, why in self.failures]),
+            *remark_rows("note", [f"event {uuid}: {note}" for uuid, note in self.notes]),
+            *remark_rows("problem", [f"{p.source}: {p.reason} [{p.excerpt}]"
+                                     for p in self.problems[:MAX_LISTED_PROBLEMS]]),
         ]
-        rows += [{"item": "failure", "count": 1, "detail": f"event {uuid}: {reason}"}
-                 for uuid, reason in self.failures]
-        rows += [{"item": "note", "count": 1, "detail": f"event {uuid}: {note}"}
-                 for uuid, note in self.notes]
-        rows += [{"item": "problem", "count": 1, "detail": f"{p.source}: {p.reason} [{p.excerpt}]"}
-                 for p in self.problems[:MAX_LISTED_PROBLEMS]]
-        return rows
 
     def summary_line(self) -> str:
         return (f"{self.records_read} records, {self.events_built} events: {self.created} "
@@ -83,17 +79,10 @@ class ExportReport:
         head = f"export from {self.source} to {self.destination}{mode}"
         if self.window:
             head += f"\nwindow: {self.window}"
-        lines = [head, *self.preview]
-        rows = self.rows()
-        width = max(len(str(row["item"])) for row in rows)
-        for row in rows:
-            if row["item"] in ("failure", "note", "problem"):
-                lines.append(f"  {str(row['item']).upper()}: {row['detail']}")
-            else:
-                lines.append(f"  {row['item']:<{width}} {row['count']:>8}")
+        text = render_rows([head, *self.preview], self.rows())
         if len(self.problems) > MAX_LISTED_PROBLEMS:
-            lines.append(f"  ... and {len(self.problems) - MAX_LISTED_PROBLEMS} more problems")
-        return "\n".join(lines)
+            text += f"\n  ... and {len(self.problems) - MAX_LISTED_PROBLEMS} more problems"
+        return text
 
 
 def summarize_export(
@@ -144,11 +133,8 @@ def describe_draft(draft: EventDraft) -> str:
 
 def publish_export_report(report: ExportReport) -> None:
     """The run's table artifact in the Prefect UI, and a one-line summary in its log."""
-    create_table_artifact(
-        key="export-report",
-        table=report.rows(),
-        description=f"Export from {report.source} to {report.destination}",
-    )
+    publish_rows("export-report", report.rows(),
+                 f"Export from {report.source} to {report.destination}")
     print(report.summary_line())
 
 
