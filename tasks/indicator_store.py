@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from misp_ndr.atomic_files import write_atomically
+from misp_ndr.task_policy import batch_task
 from tasks.rule_indicators import RULE_INDICATOR_COLUMNS
 
 STORE_COLUMNS = {**RULE_INDICATOR_COLUMNS, "event_date": "datetime64[ns, UTC]"}
@@ -70,3 +71,16 @@ def merge_indicators(
     expired = (base["event_date"] < cutoff).fillna(False).astype(bool)
     kept = base[~expired].reindex(columns=list(STORE_COLUMNS)).astype(STORE_COLUMNS)
     return MergedIndicators(kept.reset_index(drop=True), removed, int(expired.sum()))
+
+
+def load_indicator_store(path: Path) -> pd.DataFrame | None:
+    return IndicatorStore(path).load()
+
+
+def save_indicator_store(path: Path, indicators: pd.DataFrame) -> None:
+    IndicatorStore(path).save(indicators)
+
+
+load_indicator_store_task = batch_task(load_indicator_store, "load-indicator-store")
+merge_indicators_task = batch_task(merge_indicators, "merge-indicators")
+save_indicator_store_task = batch_task(save_indicator_store, "save-indicator-store")

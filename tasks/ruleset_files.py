@@ -15,10 +15,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from misp_ndr.atomic_files import write_atomically
-from misp_ndr.errors import InputError
+from misp_ndr.errors import InputError, MispNdrError
+from misp_ndr.task_policy import batch_task
 
 MANIFEST = "ruleset.json"
 HISTORY = ".history"
+
+
+class EmptyRulesetRefused(MispNdrError):
+    """An update would replace a non-empty ruleset with an empty one: far more often a
+    broken filter or MISP answer than a real "no indicators any more"."""
+
+    def __init__(self, previous: int) -> None:
+        super().__init__(f"the update produced no indicators where the current ruleset has "
+                         f"{previous}; the ruleset is kept. If that is really intended, run "
+                         "again with --allow-empty")
 
 
 @dataclass
@@ -104,3 +115,6 @@ def rollback(output_dir: Path, label: str | None = None) -> str:
         if name not in restored:
             (output_dir / name).unlink(missing_ok=True)
     return chosen
+
+
+publish_ruleset_task = batch_task(publish_ruleset, "publish-ruleset")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect.artifacts import create_table_artifact
 
 Row = dict[str, str | int]
-REMARKS = ("failure", "note", "problem", "rejected")
+REMARKS = ("failure", "note", "problem", "rejected")  # rows shown as remarks
 
 
 def figure_rows(figures: list[tuple[str, int]]) -> list[Row]:

@@ -10,6 +10,8 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 
+from misp_ndr.task_policy import batch_task
+
 
 @dataclass(frozen=True)
 class ReloadOutcome:
@@ -31,3 +33,6 @@ def run_reload_command(command: str, timeout_seconds: float = 120) -> ReloadOutc
     if done.returncode != 0:
         return ReloadOutcome(command, False, f"exit code {done.returncode}: {output}")
     return ReloadOutcome(command, True, output)
+
+
+run_reload_command_task = batch_task(run_reload_command, "reload-sensor")
