@@ -18,7 +18,7 @@ import typer
 
 from misp_ndr.config import Distribution, load_settings, masked_settings
 from misp_ndr.errors import ConfigError, InputError, MispNdrError
-from misp_ndr.moments import parse_moment
+from misp_ndr.moments import parse_age, parse_moment
 
 app = typer.Typer(
     help="misp-ndr: MISP <-> network detection (Flowmon ADS, Suricata) as Prefect flows.",
@@ -139,6 +139,67 @@ def export(
             return EXIT_FAILED
         if spooled:
             spooled.unlink()
+        typer.echo(report.render_text())
+        return 0
+
+    run_guarded(run)
+
+
+@app.command("update-rules")
+def update_rules_command(
+    since: Annotated[str | None, typer.Option(
+        help="window start, ISO time or age (7d); a window means a full rebuild of it; "
+        "default: changes since the last successful update")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="same as --since")] = None,
+    to: Annotated[str | None, typer.Option(help="window end, ISO time or age")] = None,
+    max_age: Annotated[str | None, typer.Option(
+        help="leave out events older than this (30d); overrides "
+        "MISP_NDR_RULES__MAX_EVENT_AGE_DAYS")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        help="pull only events with this tag; repeatable")] = None,
+    exclude_tag: Annotated[list[str] | None, typer.Option(
+        help="never pull events with this tag; repeatable")] = None,
+    fast: Annotated[bool, typer.Option(
+        help="rebuild from scratch and drop local customizations (backed up first)")] = False,
+    feed: Annotated[str | None, typer.Option(
+        help="read a MISP feed directory or URL instead of the MISP API")] = None,
+    output_dir: Annotated[Path | None, typer.Option(
+        help="where the rule files go (default ./out/rules, MISP_NDR_RULES__OUTPUT_DIR)")] = None,
+    allow_empty: Annotated[bool, typer.Option(
+        help="accept an update that leaves no indicators at all")] = False,
+    rollback: Annotated[bool, typer.Option(
+        help="restore the previous ruleset (or --snapshot) instead of updating")] = False,
+    snapshot: Annotated[str | None, typer.Option(
+        help="with --rollback: which kept ruleset to restore (see --list-snapshots)")] = None,
+    list_snapshots: Annotated[bool, typer.Option(
+        help="list the kept rulesets and exit")] = False,
+) -> None:
+    """Pull IDS indicators from MISP and write Suricata rules, Flowmon ADS blacklists and a
+    Zeek intel file; the previous ruleset is kept for --rollback."""
+    from tasks.ruleset_files import rollback as restore
+    from tasks.ruleset_files import snapshots
+
+    def run() -> int:
+        settings = load_settings({"rules": {"output_dir": output_dir}})
+        out = settings.rules.output_dir
+        if list_snapshots:
+            typer.echo("\n".join(snapshots(out)) or f"no kept rulesets under {out}")
+            return 0
+        if rollback:
+            typer.echo(f"restored ruleset {restore(out, snapshot)} in {out}")
+            return 0
+        if not settings.misp.configured and not feed:
+            raise ConfigError("no MISP configured (MISP_NDR_MISP__URL) and no --feed given")
+        from flows.update_rules import update_rules
+
+        try:
+            age = parse_age(max_age).days if max_age else None
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--max-age") from None
+        report = update_rules(
+            since=moment_option(since or from_), until=moment_option(to), max_age_days=age,
+            tags=tag, exclude_tags=exclude_tag, fast=fast, feed=feed,
+            output_dir=str(output_dir) if output_dir else None, allow_empty=allow_empty)
         typer.echo(report.render_text())
         return 0
 
