@@ -1,7 +1,8 @@
-"""`misp-ndr demo`: the export job end to end on bundled samples, with no external server.
+"""`misp-ndr demo`: the jobs end to end on bundled samples, with no external server.
 
-Events go to a MISP feed directory (what MISP would pull), state to a demo state dir, so a
-second run shows idempotency: nothing is exported twice.
+Export: detections become events in a MISP feed directory (what MISP would pull); a second
+run shows idempotency (nothing exported twice). Rule update: the bundled MISP feed of IDS
+indicators becomes Suricata rules, Flowmon ADS blacklists and a Zeek intel file.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 SAMPLES = Path(__file__).parent / "samples"
+SAMPLE_AGE_DAYS = 3650  # the sample feed's events are dated November 2026
 DEMO_INPUTS = [
     ("flowmon-stdin", "flowmon-batch.tsv"),
     ("flowmon-stdin", "flowmon-batch.jsonl"),
@@ -36,4 +38,16 @@ def run_demo(output_dir: Path, say: Callable[[str], None]) -> int:
     say(f"\nMISP feed at {feed_dir.resolve()}: {len(events)} events.")
     say("Point a MISP feed at this directory (Sync Actions > Feeds > Add feed, 'MISP Feed'"
         " format), or set MISP_NDR_MISP__URL and MISP_NDR_MISP__API_KEY to export directly.")
+    run_rule_update_demo(output_dir, say)
     return 0
+
+
+def run_rule_update_demo(output_dir: Path, say: Callable[[str], None]) -> None:
+    from flows.update_rules import update_rules
+
+    rules_dir = output_dir / "rules"
+    say("\n== update-rules from the bundled MISP feed ==")
+    report = update_rules(feed=str(SAMPLES / "misp-feed"), output_dir=str(rules_dir),
+                          state_dir=str(output_dir / "state"), max_age_days=SAMPLE_AGE_DAYS)
+    say(report.render_text())
+    say(f"\nRules, blacklists and intel at {rules_dir.resolve()}.")
