@@ -130,7 +130,7 @@ def normalize_dns_names(names: pd.Series | pd.Index | np.ndarray) -> tuple[np.nd
     return normalized, reason
 
 
-def _non_global_names(names: np.ndarray) -> np.ndarray:
+def non_global_names(names: np.ndarray) -> np.ndarray:
     """Single-label names and reserved suffixes (NON_GLOBAL_NAME_SUFFIXES)."""
     text = pa.array(names, type=pa.string(), from_pandas=True)
     suffixes = "|".join(suffix.replace(".", r"\.") for suffix in NON_GLOBAL_NAME_SUFFIXES)
@@ -173,7 +173,7 @@ def _judge_addresses(values: pd.Series, user_ranges: AddressRanges) -> _Judgemen
 def _judge_names(values: pd.Series) -> _Judgement:
     codes, distinct = pd.factorize(values)
     normalized, reason = normalize_dns_names(np.asarray(distinct, dtype=object))
-    category = np.select([pd.notna(reason), _non_global_names(normalized)],
+    category = np.select([pd.notna(reason), non_global_names(normalized)],
                          [_INVALID, _NON_GLOBAL], default=_KEPT)
     return _spread(codes, category, normalized, reason)
 

@@ -46,8 +46,16 @@ TAG_PERMISSIONS = (
     "Tag Editor (perm_tag_editor) to create them; or create the tag in MISP first"
 )
 _STATUS_IN_PYMISP_MESSAGE = re.compile(r"\((\d{3}), ")
+_ERROR_CODE_IN_PYMISP_MESSAGE = re.compile(r"Error code (\d{3})")
 
 PushStatus = Literal["created", "updated", "failed"]
+ATTRIBUTE_SEARCH_PATH = "attributes/restSearch"
+
+
+class UnexpectedAnswerError(MispNdrError):
+    """MISP answered 200 with something that is not what was asked for (a proxy page, an
+    error in an unexpected shape, a list where an object belongs). Not transient, and never
+    to be read as "nothing found": an empty result that is not one would empty a ruleset."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,21 @@ class MispClient:
             return PushResult(draft.uuid, "failed", problem)
         return PushResult(draft.uuid, status, self._publish_note(draft, stored))
 
+    def search_attributes(self, filters: dict[str, Any], page: int,
+                          limit: int) -> list[dict[str, Any]]:
+        """One page of `/attributes/restSearch`: the attributes as MISP sends them.
+
+        The body goes through PyMISP's `direct_call` as given (JSON, with `Content-Type:
+        application/json`, without which MISP ignores the filters): `PyMISP.search` would
+        rewrite it (it refuses `to_ids: [0, 1]` and adds its own defaults). An empty list
+        means MISP said `{"response": {"Attribute": []}}` (or `{"response": []}` on old
+        versions), nothing else does."""
+        api = self._connected()
+        what = f"searching attributes (page {page})"
+        body = {**filters, "page": page, "limit": limit}
+        answer = self._checked(what, lambda: api.direct_call(ATTRIBUTE_SEARCH_PATH, body))
+        return self._attribute_page(what, answer)
+
     # --- connection ----------------------------------------------------------------------
 
     def _connected(self) -> PyMISP:
@@ -269,7 +292,12 @@ class MispClient:
         except requests.RequestException as exc:
             raise TransientError(f"MISP {self._url} {what}: {describe_failure(exc)} "
                                  "after retries") from None
-        except MISPServerError:
+        except MISPServerError as exc:
+            # PyMISP raises this for every 5xx, and for a 4xx whose body is not JSON
+            # (a proxy's error page): "Error code <status>:..."
+            status = _ERROR_CODE_IN_PYMISP_MESSAGE.match(str(exc))
+            if status and int(status.group(1)) < 500:
+                raise_for_answer(int(status.group(1)), SYSTEM, what, "answer is not JSON")
             raise TransientError(f"MISP {self._url} failed {what} "
                                  "(HTTP 5xx after retries)") from None
         except PyMISPUnexpectedResponse:
@@ -324,6 +352,17 @@ class MispClient:
             return ("stored but not published: the API key's role lacks the publish "
                     "permission (perm_publish)")
         return ""
+
+    def _attribute_page(self, what: str, answer: Any) -> list[dict[str, Any]]:
+        """PyMISP strips MISP's outer `response`, leaving `{"Attribute": [...]}`."""
+        if answer == []:
+            return []
+        attributes = answer.get("Attribute") if isinstance(answer, dict) else None
+        if isinstance(attributes, list):
+            return attributes
+        raise UnexpectedAnswerError(
+            f"MISP {self._url} answered {what} with something that is not an attribute "
+            f"list: {self._redact(repr(answer))[:MAX_DETAIL_CHARS]}")
 
     def _summary(self, detail: Any) -> str:
         """MISP's error answer in one short line (name, message and field errors)."""

@@ -12,7 +12,7 @@ import requests
 import responses
 
 from misp_ndr.config import ExportSettings, MispSettings
-from misp_ndr.errors import AuthError, ConfigError, TransientError
+from misp_ndr.errors import AuthError, ConfigError, RejectedError, TransientError
 from tasks.detections import normalize_detections
 from tasks.misp import MispClient, content_for_update
 from tasks.misp_events import EventDraft, build_event_drafts
@@ -342,3 +342,12 @@ def test_server_check_reports_unreachable_and_rejected_key(
     assert rejected.reachable and not rejected.key_accepted
     assert "REJECTED" in rejected.render_text()
     assert API_KEY not in rejected.render_text()
+
+
+def test_non_json_client_error_is_not_reported_as_a_server_outage(
+    rsps: responses.RequestsMock,
+) -> None:
+    mock_connection(rsps)
+    rsps.post(f"{URL}/tags/search", status=404, body="<html>Not Found</html>")
+    with pytest.raises(RejectedError, match="HTTP 404"):
+        MispClient(misp_settings()).ensure_tag("misp-ndr")

@@ -1,0 +1,357 @@
+"""Pull IDS attributes from MISP's `/attributes/restSearch`, page by page, into a table.
+
+MISP 2.5 traps this module is built around (checked against MISP's source):
+- filters not in the attribute search's parameter list are dropped without a word, and
+  `event_tags` and `date` are not in it: the event tag filter is `tags` (it matches event
+  or attribute tags, so the event-only meaning is re-applied here), the age is `from`;
+- `timestamp` looks at the attribute only; an event built unpublished and published later
+  keeps its old attribute timestamps, so a published-only window uses `publish_timestamp`;
+- with `limit` and `page` MISP pages by offset: without `order` pages are not stable;
+- with warninglists enforced (and MISP's allowedlist), pages come back short: only an
+  empty page ends the pull;
+- deleted attributes are only ever returned to a sync user (perm_sync).
+
+Every filter is also applied here to the rows MISP returned (`query_mask`), so a MISP that
+ignores one cannot widen what reaches the sensors; each row dropped that way is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from misp_ndr.config import MispSettings
+from misp_ndr.task_policy import batch_task
+from tasks.misp import MispClient, UnexpectedAnswerError
+from tasks.rule_indicators import (
+    HANDLED_TYPES,
+    PULLED_ATTRIBUTE_COLUMNS,
+    TAG_SEPARATOR,
+    empty_table,
+)
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTE_ORDER = "Attribute.id asc"  # offset paging needs a stable order
+
+# Event facts the local filters need; dropped before the table is handed on.
+EVENT_COLUMNS: dict[str, str] = {
+    "event_tags": "string",  # the event's own tags, TAG_SEPARATOR-joined
+    "event_published": "boolean",
+    "event_publish_timestamp": "datetime64[ns, UTC]",
+}
+_WORKING_COLUMNS = {**PULLED_ATTRIBUTE_COLUMNS, **EVENT_COLUMNS}
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+# Why a row was left out locally, in the order the checks run (the first failing one counts).
+SKIP_TYPE = "type not handled"
+SKIP_NOT_IDS = "not IDS-flagged or deleted"
+SKIP_UNPUBLISHED = "event not published"
+SKIP_OLD = "event older than the age window"
+SKIP_WINDOW = "changed outside the window"
+SKIP_NOT_TAGGED = "event has none of the wanted tags"
+SKIP_EXCLUDED = "has an excluded tag"
+SKIP_REPEATED = "repeated on a later page"
+
+
+@dataclass
+class AttributeQuery:
+    """What to pull. A full pull asks for IDS attributes only; an incremental one
+    (`to_ids_only=False`) also asks for non-IDS and deleted ones, to learn what to remove."""
+
+    window_from: datetime | None = None  # changed (or, published-only, published) since
+    window_to: datetime | None = None
+    max_event_age_days: int = 30  # by the event's date
+    event_tags: list[str] = field(default_factory=list)  # any of these, on the event
+    exclude_tags: list[str] = field(default_factory=list)  # none of these, event or attribute
+    published_only: bool = True
+    enforce_warninglists: bool = True
+    to_ids_only: bool = True
+    types: list[str] = field(default_factory=lambda: list(HANDLED_TYPES))  # empty: all
+
+
+@dataclass
+class PullResult:
+    attributes: pd.DataFrame  # PULLED_ATTRIBUTE_COLUMNS
+    pages: int  # pages (or feed event files) that held attributes
+    by_type: dict[str, int]  # rows passed on, per MISP type
+    skipped: dict[str, int] = field(default_factory=dict)  # left out locally: reason -> rows
+
+
+class MalformedAttribute(ValueError):
+    """A record lacks what every MISP attribute has; the caller names where it was."""
+
+
+def oldest_event_date(max_event_age_days: int, now: datetime | None = None) -> date:
+    """The first event date inside the age window. Rounded up to a whole day, so an event
+    pulled today is not the one the indicator store expires as too old today."""
+    cutoff = as_utc(now or datetime.now(UTC)) - timedelta(days=max_event_age_days)
+    day = cutoff.date()
+    return day if cutoff.time() == datetime.min.time() else day + timedelta(days=1)
+
+
+def window_field(query: AttributeQuery) -> str:
+    """A published-only pull follows publication: what an incremental update must see is
+    whatever became visible, and an event built unpublished and published later carries
+    attribute timestamps older than any window."""
+    return "publish_timestamp" if query.published_only else "timestamp"
+
+
+def restsearch_filters(query: AttributeQuery, now: datetime | None = None) -> dict[str, Any]:
+    """The restSearch body for `query`, without `page` and `limit` (MispClient adds them)."""
+    both = [0, 1]
+    filters: dict[str, Any] = {
+        "returnFormat": "json",
+        "to_ids": 1 if query.to_ids_only else both,
+        "deleted": 0 if query.to_ids_only else both,
+        "published": 1 if query.published_only else both,
+        "from": oldest_event_date(query.max_event_age_days, now).isoformat(),
+        "enforceWarninglist": int(query.enforce_warninglists),
+        "includeEventTags": 1,
+        "includeContext": 1,  # the event's uuid, info, date, published flag and tags
+        "order": ATTRIBUTE_ORDER,
+    }
+    if query.types:
+        filters["type"] = list(query.types)
+    tags = [*query.event_tags, *(f"!{tag}" for tag in query.exclude_tags)]
+    if tags:
+        filters["tags"] = tags
+    window = _epoch_window(query)
+    if window is not None:
+        filters[window_field(query)] = window
+    return filters
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A time without a zone is UTC here (as everywhere in misp-ndr), never the host's."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _epoch_window(query: AttributeQuery) -> int | list[int] | None:
+    if query.window_from is None and query.window_to is None:
+        return None
+    start = int(as_utc(query.window_from).timestamp()) if query.window_from else 0
+    if query.window_to is None:
+        return start
+    return [start, int(as_utc(query.window_to).timestamp())]
+
+
+def pull_attributes(
+    client: MispClient,
+    query: AttributeQuery,
+    page_size: int,
+    on_page: Callable[[int, int], None] | None = None,
+    now: datetime | None = None,
+) -> PullResult:
+    """Pages 1, 2, ... until MISP answers an empty page. Each page becomes a small table at
+    once (the JSON is dropped), so memory grows with the rows kept, not with the answers.
+    Any error mid-pull propagates: a partial pull never poses as a complete one."""
+    filters = restsearch_filters(query, now)
+    frames: list[pd.DataFrame] = []
+    previous_page: set[str] = set()
+    page = 1
+    while True:
+        records = client.search_attributes(filters, page, page_size)
+        if on_page is not None:
+            on_page(page, len(records))
+        if not records:
+            break
+        frame = _page_frame(records, page)
+        uuids = set(frame["attribute_uuid"].dropna())
+        if uuids and uuids <= previous_page:
+            raise UnexpectedAnswerError(
+                f"MISP answered page {page} with the attributes of page {page - 1} again: "
+                "it does not honour paging (a proxy dropping the request body?)")
+        previous_page = uuids
+        frames.append(frame)
+        page += 1
+    pulled = pd.concat(frames, ignore_index=True) if frames else working_table()
+    return select_pulled(pulled, query, pages=len(frames), now=now)
+
+
+def pull_misp_attributes(settings: MispSettings, query: AttributeQuery,
+                         page_size: int) -> PullResult:
+    """`pull_attributes` with a client built from settings (the flow's entry point),
+    logging each page: a long pull shows it is moving."""
+    def progress(page: int, count: int) -> None:
+        log.info("MISP attribute search page %d: %d attributes", page, count)
+    return pull_attributes(MispClient(settings), query, page_size, on_page=progress)
+
+
+def _page_frame(records: list[dict[str, Any]], page: int) -> pd.DataFrame:
+    def pairs() -> Iterator[tuple[Any, Any]]:
+        for attribute in records:
+            yield attribute, attribute.get("Event") if isinstance(attribute, dict) else None
+    try:
+        return attribute_table(pairs())
+    except MalformedAttribute as exc:
+        raise UnexpectedAnswerError(f"MISP answered page {page} with a malformed "
+                                    f"attribute: {exc}") from None
+
+
+def working_table() -> pd.DataFrame:
+    return empty_table(_WORKING_COLUMNS)
+
+
+def attribute_table(pairs: Iterable[tuple[Any, Any]]) -> pd.DataFrame:
+    """(attribute, its event) JSON pairs -> one row each: PULLED_ATTRIBUTE_COLUMNS plus the
+    EVENT_COLUMNS the local filters need. One pass over the records (parsed JSON has no
+    vectorized form); types and times are converted column-wise afterwards."""
+    rows = [_attribute_row(position, attribute, event)
+            for position, (attribute, event) in enumerate(pairs, start=1)]
+    if not rows:
+        return working_table()
+    raw = pd.DataFrame(rows, columns=list(_WORKING_COLUMNS), dtype=object)
+    for flag in ("to_ids", "deleted", "event_published"):
+        raw[flag] = _flags(raw[flag])
+    for stamp in ("attribute_timestamp", "event_publish_timestamp"):
+        raw[stamp] = _epoch_times(raw[stamp])
+    raw["event_date"] = pd.to_datetime(raw["event_date"].astype("string"), format="%Y-%m-%d",
+                                       utc=True, errors="coerce")
+    return raw.astype(_WORKING_COLUMNS)
+
+
+def _attribute_row(position: int, attribute: Any, event: Any) -> tuple[Any, ...]:
+    """One row in `_WORKING_COLUMNS` order."""
+    if not isinstance(attribute, dict):
+        raise MalformedAttribute(f"record {position} is not an object")
+    for key in ("uuid", "type"):
+        if not isinstance(attribute.get(key), str):
+            raise MalformedAttribute(f"record {position} has no {key}")
+    if not isinstance(event, dict) or not isinstance(event.get("uuid"), str):
+        raise MalformedAttribute(f"attribute {attribute['uuid']} has no event uuid")
+    value = attribute.get("value")
+    event_tags = _tag_names(event.get("Tag"))
+    inherited = _tag_names(tag for tag in attribute.get("Tag") or []
+                           if isinstance(tag, dict) and _truthy(tag.get("inherited")))
+    all_tags = _tag_names(attribute.get("Tag"))
+    return (
+        attribute["uuid"], event["uuid"], event.get("info"), event.get("date"),
+        attribute.get("timestamp"), attribute["type"], attribute.get("category"),
+        None if value is None else str(value), attribute.get("to_ids"),
+        attribute.get("deleted", False),
+        _joined([*event_tags, *all_tags]), _joined([*event_tags, *inherited]),
+        event.get("published"), event.get("publish_timestamp"),
+    )
+
+
+def _tag_names(tags: Any) -> list[str]:
+    """Tag names from `[{"name": ...}]` (or `[{"Tag": {...}}]`); the separator can never
+    appear inside one."""
+    names = []
+    for tag in tags or []:
+        tag = tag.get("Tag", tag) if isinstance(tag, dict) else None
+        name = tag.get("name") if isinstance(tag, dict) else None
+        if isinstance(name, str) and name:
+            names.append(name.replace(TAG_SEPARATOR, " "))
+    return names
+
+
+def _joined(names: list[str]) -> str:
+    return TAG_SEPARATOR.join(dict.fromkeys(names))
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true")
+
+
+def _flags(values: pd.Series) -> pd.Series:
+    """MISP writes flags as true/false, 1/0 or "1"/"0" depending on version; else NA."""
+    text = values.astype("string").str.strip().str.lower()
+    return text.map(_FLAGS).astype("boolean")
+
+
+def _epoch_times(values: pd.Series) -> pd.Series:
+    seconds = pd.to_numeric(values.astype("string"), errors="coerce")
+    return pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+
+
+def select_pulled(pulled: pd.DataFrame, query: AttributeQuery, pages: int,
+                  now: datetime | None = None) -> PullResult:
+    """Apply `query` to pulled rows, drop repeats of an attribute (the last copy wins:
+    offset paging can show an attribute twice if MISP changes mid-pull) and count both."""
+    keep, skipped = query_mask(pulled, query, now)
+    kept = pulled[keep]
+    repeated = kept["attribute_uuid"].duplicated(keep="last").to_numpy()
+    if repeated.any():
+        skipped[SKIP_REPEATED] = int(repeated.sum())
+    kept = kept[~repeated].reindex(columns=list(PULLED_ATTRIBUTE_COLUMNS))
+    kept = kept.astype(PULLED_ATTRIBUTE_COLUMNS).reset_index(drop=True)
+    by_type = {str(kind): int(count)
+               for kind, count in kept["type"].value_counts(sort=False).sort_index().items()}
+    return PullResult(kept, pages, by_type, skipped)
+
+
+def query_mask(frame: pd.DataFrame, query: AttributeQuery,
+               now: datetime | None = None) -> tuple[np.ndarray, dict[str, int]]:
+    """Rows that satisfy `query`, and per reason how many do not (the first failed check
+    counts). A value the source did not give (NA) never fails a check: it cannot prove the
+    row wrong, and MISP already applied the same filter."""
+    failed = [
+        (SKIP_TYPE, _outside(frame["type"], query.types) if query.types else None),
+        (SKIP_NOT_IDS, (frame["to_ids"].eq(False) | frame["deleted"].eq(True))
+         if query.to_ids_only else None),
+        (SKIP_UNPUBLISHED, frame["event_published"].eq(False) if query.published_only
+         else None),
+        (SKIP_OLD, frame["event_date"].lt(
+            pd.Timestamp(oldest_event_date(query.max_event_age_days, now), tz="UTC"))),
+        (SKIP_WINDOW, _outside_window(frame, query)),
+        (SKIP_NOT_TAGGED, ~_has_tag(frame["event_tags"], query.event_tags)
+         if query.event_tags else None),
+        (SKIP_EXCLUDED, _has_tag(frame["tags"], query.exclude_tags)
+         if query.exclude_tags else None),
+    ]
+    keep = np.ones(len(frame), dtype=bool)
+    skipped: dict[str, int] = {}
+    for reason, mask in failed:
+        if mask is None:
+            continue
+        dropped = keep & np.asarray(pd.Series(mask).fillna(False), dtype=bool)
+        if dropped.any():
+            skipped[reason] = int(dropped.sum())
+        keep &= ~dropped
+    return keep, skipped
+
+
+def _outside(values: pd.Series, allowed: list[str]) -> pd.Series:
+    return ~values.isin(allowed) & values.notna()
+
+
+def _outside_window(frame: pd.DataFrame, query: AttributeQuery) -> pd.Series | None:
+    if query.window_from is None and query.window_to is None:
+        return None
+    column = ("event_publish_timestamp" if window_field(query) == "publish_timestamp"
+              else "attribute_timestamp")
+    times = frame[column]
+    outside = pd.Series(False, index=frame.index)
+    if query.window_from is not None:
+        outside |= times.lt(pd.Timestamp(as_utc(query.window_from))).fillna(False)
+    if query.window_to is not None:
+        outside |= times.gt(pd.Timestamp(as_utc(query.window_to))).fillna(False)
+    return outside
+
+
+def _tag_pattern(tags: list[str]) -> str:
+    """One RE2 pattern matching a TAG_SEPARATOR-joined tag list that holds any of `tags`,
+    compared as MISP does: case-insensitively, `%` standing for any run of characters."""
+    alternatives = "|".join(re.escape(tag).replace("%", f"[^{TAG_SEPARATOR}]*")
+                            for tag in tags)
+    return f"(?:^|{TAG_SEPARATOR})(?:{alternatives})(?:{TAG_SEPARATOR}|$)"
+
+
+def _has_tag(joined_tags: pd.Series, tags: list[str]) -> np.ndarray:
+    text = pa.array(joined_tags.astype("string").fillna(""), type=pa.string())
+    found = pc.match_substring_regex(text, _tag_pattern(tags), ignore_case=True)
+    return found.to_numpy(zero_copy_only=False).astype(bool)
+
+
+pull_misp_attributes_task = batch_task(pull_misp_attributes, "pull-misp-attributes", remote=True)
