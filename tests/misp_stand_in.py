@@ -54,6 +54,38 @@ class MispStandIn:
         rsps.add_callback(responses.POST, f"{url}/events/add", self._add_event)
         rsps.add_callback(responses.POST, re.compile(rf"{re.escape(url)}/events/edit/.+"),
                           self._edit_event)
+        self.attributes: list[dict[str, Any]] = []  # what restSearch serves, MISP-shaped
+        self.searches: list[dict[str, Any]] = []
+        rsps.add_callback(responses.POST, f"{url}/attributes/restSearch", self._rest_search)
+
+    def publish_event(self, uuid: str, info: str, date: str, published_at: int,
+                      attributes: list[dict[str, Any]], tags: tuple[str, ...] = ()) -> None:
+        """(Re)publish an event: its attributes replace the ones it had."""
+        event = {"id": str(len(self.attributes) + 1), "uuid": uuid, "info": info, "date": date,
+                 "published": True, "publish_timestamp": str(published_at),
+                 "Tag": [{"name": tag} for tag in tags]}
+        self.attributes = [a for a in self.attributes if a["Event"]["uuid"] != uuid]
+        self.attributes += [{"id": str(n), "event_id": event["id"], "category":
+                             "Network activity", "to_ids": True, "deleted": False,
+                             "timestamp": str(published_at), "Tag": [], **attribute,
+                             "Event": event} for n, attribute in enumerate(attributes)]
+
+    def _rest_search(self, request: Any) -> Answer:
+        """Honours what the rule update relies on: to_ids, deleted, the publication window,
+        and limit/page paging."""
+        body = json.loads(request.body)
+        self.searches.append(body)
+
+        def allowed(value: bool, wanted: int | list[int]) -> bool:
+            return int(value) in (wanted if isinstance(wanted, list) else [wanted])
+
+        window = body.get("publish_timestamp", 0)
+        low, high = window if isinstance(window, list) else (window, 2**62)
+        rows = [a for a in self.attributes
+                if allowed(a["to_ids"], body["to_ids"]) and allowed(a["deleted"], body["deleted"])
+                and low <= int(a["Event"]["publish_timestamp"]) <= high]
+        start = (body["page"] - 1) * body["limit"]
+        return _json(200, {"response": {"Attribute": rows[start:start + body["limit"]]}})
 
     def _search_tag(self, request: Any) -> Answer:
         name = json.loads(request.body)["tagname"]
