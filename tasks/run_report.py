@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect.artifacts import create_table_artifact
 
 Row = dict[str, str | int]
+MAX_LABEL_WIDTH = 52  # a longer label pushes its own count right, not every row's
 REMARKS = ("failure", "note", "problem", "rejected")  # rows shown as remarks
 
 
@@ -19,7 +20,7 @@ def remark_rows(kind: str, details: list[str]) -> list[Row]:
 
 def render_rows(head: list[str], rows: list[Row]) -> str:
     """Figures aligned in a column, remarks (failures, problems...) one per line."""
-    width = max((len(str(row["item"])) for row in rows), default=0)
+    width = min(max((len(str(row["item"])) for row in rows), default=0), MAX_LABEL_WIDTH)
     lines = list(head)
     for row in rows:
         if row["item"] in REMARKS:
