@@ -12,6 +12,7 @@ import pytest
 import responses
 from typer.testing import CliRunner
 
+from flows.update_rules import update_rules
 from misp_ndr.cli import app
 from tests.conftest import SAMPLES
 from tests.misp_stand_in import API_KEY, URL, MispStandIn
@@ -116,3 +117,37 @@ def test_check_with_unreachable_misp_exits_1(monkeypatch: pytest.MonkeyPatch) ->
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 1
     assert "unreachable" in result.output or "not reachable" in result.output
+
+
+def test_update_rules_without_misp_or_feed_exits_2() -> None:
+    result = runner.invoke(app, ["update-rules"])
+    assert result.exit_code == 2
+    assert "MISP_NDR_MISP__URL" in result.output and "--feed" in result.output
+
+
+def test_update_rules_help_documents_the_contract_options() -> None:
+    result = runner.invoke(app, ["update-rules", "--help"], env={"COLUMNS": "200"})
+    for option in ("--since", "--from", "--to", "--max-age", "--tag", "--fast", "--feed",
+                   "--output-dir", "--rollback", "--snapshot", "--list-snapshots"):
+        assert option in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_update_rules_from_feed_then_rollback_restores_the_previous_files(
+    tmp_path: Path,
+) -> None:
+    feed = ["update-rules", "--feed", str(SAMPLES / "misp-feed"), "--max-age", "3650d"]
+    first = runner.invoke(app, feed)
+    assert first.exit_code == 0, first.output
+    assert "rules added" in first.output
+    rules = tmp_path / "out" / "rules" / "misp.rules"
+    original = rules.read_bytes()
+    # a second CliRunner flow run in one test trips Prefect's console handler (it keeps
+    # the first run's closed stream); operators run one process per command
+    update_rules(feed=str(SAMPLES / "misp-feed"), max_age_days=3650, exclude_tags=["tlp:red"])
+    assert rules.read_bytes() != original
+    listed = runner.invoke(app, ["update-rules", "--list-snapshots"])
+    assert len(listed.output.split()) == 1
+    restored = runner.invoke(app, ["update-rules", "--rollback"])
+    assert restored.exit_code == 0 and "restored ruleset" in restored.output
+    assert rules.read_bytes() == original
