@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import responses
 from suricataparser import parse_rule
 
 from flows.update_rules import update_rules
+from misp_ndr.errors import TransientError
 from tasks.ruleset_files import snapshots
 from tests.conftest import SAMPLES
 from tests.misp_stand_in import API_KEY, URL, MispStandIn
@@ -124,3 +126,34 @@ def test_incremental_update_from_misp_adds_new_and_removes_deleted_indicators(
     assert "evil-updates.example" in (tmp_path / "rules" / "misp-domain.txt").read_text()
     assert second.removed_in_misp == 1
     assert second.rule_changes["added"] == 1 and second.rule_changes["removed"] == 1
+
+
+def test_misp_outage_during_the_pull_keeps_the_good_ruleset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flows.update_rules as flow_module
+
+    run(tmp_path)
+    before = (tmp_path / "rules" / "misp.rules").read_bytes()
+    monkeypatch.setenv("MISP_NDR_MISP__URL", URL)
+    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", API_KEY)
+    monkeypatch.setenv("MISP_NDR_MISP__RETRIES", "0")
+    monkeypatch.setattr(flow_module, "pull_misp_attributes_task",
+                        flow_module.pull_misp_attributes_task.with_options(retries=0))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        MispStandIn(rsps)
+        rsps.replace(responses.POST, f"{URL}/attributes/restSearch", status=503)
+        with pytest.raises(TransientError):
+            update_rules(output_dir=str(tmp_path / "rules"))
+    assert (tmp_path / "rules" / "misp.rules").read_bytes() == before
+
+
+def test_reload_command_runs_after_the_write_and_its_failure_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    probe = tmp_path / "reloaded"
+    script = f"import pathlib,sys; pathlib.Path({str(probe)!r}).touch(); sys.exit('no socket')"
+    monkeypatch.setenv("MISP_NDR_RULES__RELOAD_COMMAND", f'{sys.executable} -c "{script}"')
+    report = run(tmp_path)
+    assert probe.exists() and (tmp_path / "rules" / "misp.rules").exists()
+    assert "FAILED" in report.reload and "no socket" in report.reload
