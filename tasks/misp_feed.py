@@ -150,15 +150,19 @@ def _load_manifest(feed_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _event_path(feed_dir: Path, event_id: str) -> Path:
+def event_file_name(feed: str, event_id: str) -> str:
     """Only a canonical UUID may become a file name: a manifest key is untrusted input."""
     try:
         canonical = str(uuid.UUID(event_id))
     except (ValueError, TypeError, AttributeError):
         canonical = None
     if canonical != event_id:
-        raise InputError(f"MISP feed {feed_dir}: {event_id!r} is not an event UUID")
-    return feed_dir / f"{event_id}.json"
+        raise InputError(f"{feed}: manifest key {event_id!r} is not an event UUID")
+    return f"{event_id}.json"
+
+
+def _event_path(feed_dir: Path, event_id: str) -> Path:
+    return feed_dir / event_file_name(f"MISP feed {feed_dir}", event_id)
 
 
 def _read_json(path: Path) -> Any:

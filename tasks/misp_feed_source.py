@@ -12,7 +12,6 @@ directories: it loads every event of the feed before anything can be skipped.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ from misp_ndr.config import TlsClientSettings
 from misp_ndr.errors import ConfigError, InputError, TransientError
 from misp_ndr.http import TRANSIENT_STATUSES, build_session, describe_failure, raise_for_answer
 from misp_ndr.task_policy import batch_task
-from tasks.misp_feed import MANIFEST
+from tasks.misp_feed import MANIFEST, event_file_name
 from tasks.misp_pull import (
     AttributeQuery,
     MalformedAttribute,
@@ -107,7 +106,7 @@ def _listed_before(entry: Any, oldest: date) -> bool:
 
 
 def _event(read: FeedReader, shown: str, event_id: str) -> dict[str, Any]:
-    name = _event_file(shown, event_id)
+    name = event_file_name(f"{SYSTEM} {shown}", event_id)
     document = _json(read(name), shown, name)
     event = document.get("Event") if isinstance(document, dict) else None
     found = event.get("uuid") if isinstance(event, dict) else None
@@ -116,15 +115,6 @@ def _event(read: FeedReader, shown: str, event_id: str) -> dict[str, Any]:
     return event
 
 
-def _event_file(shown: str, event_id: str) -> str:
-    """A manifest key is untrusted: only a canonical UUID may become a file name."""
-    try:
-        canonical = str(uuid.UUID(event_id))
-    except (ValueError, TypeError, AttributeError):
-        canonical = None
-    if canonical != event_id:
-        raise InputError(f"{SYSTEM} {shown}: manifest key {event_id!r} is not an event UUID")
-    return f"{event_id}.json"
 
 
 def _json(data: bytes, shown: str, name: str) -> Any:
