@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -169,12 +168,12 @@ def test_uppercase_uuid_is_the_same_attribute(tmp_path: Path) -> None:
     assert list(lower["sid"]) == list(upper["sid"])
 
 
-def test_a_hundred_thousand_new_pairs_assign_in_seconds(tmp_path: Path) -> None:
-    rules = ip_rules(range(100_000))
-    began = time.perf_counter()
-    assigned = SidAllocator(tmp_path / "sids.sqlite", START, END).assign(rules)
-    assert time.perf_counter() - began < 5
+def test_a_hundred_thousand_new_pairs_get_distinct_sids_in_range(tmp_path: Path) -> None:
+    """Scale, not speed: timings belong in benchmarks, not in unit tests."""
+    assigned = SidAllocator(tmp_path / "sids.sqlite", START, END).assign(
+        ip_rules(range(100_000)))
     assert assigned["sid"].is_unique
+    assert assigned["sid"].between(START, END - RESERVED_TOP_SIDS).all()
 
 
 def rule_lines(values: list[str]) -> pd.DataFrame:
