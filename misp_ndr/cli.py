@@ -119,6 +119,11 @@ def export(
         settings = load_settings({"export": {
             "tag": tag, "to_ids": to_ids, "distribution": distribution,
             "ip_filters": ip_filter, "publish": publish}})
+        if chosen is ExportSource.FLOWMON_API and not settings.flowmon.configured:
+            raise ConfigError("--source flowmon-api needs MISP_NDR_FLOWMON__URL, "
+                              "MISP_NDR_FLOWMON__USER and MISP_NDR_FLOWMON__PASSWORD")
+        if input_path not in (None, "-") and not Path(input_path).is_file():
+            raise InputError(f"--input {input_path}: no such file")
         spooled = None
         path = input_path
         if chosen is not ExportSource.FLOWMON_API and path in (None, "-"):

@@ -151,3 +151,15 @@ def test_update_rules_from_feed_then_rollback_restores_the_previous_files(
     restored = runner.invoke(app, ["update-rules", "--rollback"])
     assert restored.exit_code == 0 and "restored ruleset" in restored.output
     assert rules.read_bytes() == original
+
+
+def test_flowmon_api_export_without_flowmon_settings_exits_2_before_any_run() -> None:
+    result = runner.invoke(app, ["export", "--source", "flowmon-api"])
+    assert result.exit_code == 2
+    assert "MISP_NDR_FLOWMON__URL" in result.output
+
+
+def test_missing_input_file_exits_2_naming_it() -> None:
+    result = runner.invoke(app, ["export", "--source", "suricata", "--input", "nope.json"])
+    assert result.exit_code == 2
+    assert "nope.json" in result.output
