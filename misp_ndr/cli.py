@@ -260,4 +260,7 @@ def main(argv: list[str] | None = None) -> Any:
     # The ephemeral Prefect server's telemetry heartbeat cannot reach out from a SOC
     # network and races its own SQLite start-up ("database is locked"); opt in explicitly.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Progress of long steps (restSearch pages, events delivered) is logged by our modules:
+    # show it with Prefect's run logs, in the terminal and in the UI.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,flows,misp_ndr")
     return app(args=argv)

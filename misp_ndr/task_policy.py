@@ -9,6 +9,7 @@ that must not be hashed into cache keys.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -17,6 +18,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from misp_ndr.errors import TransientError
+
+# Long steps report progress (restSearch pages, events sent) through our own loggers;
+# INFO, so Prefect's handlers (see PREFECT_LOGGING_EXTRA_LOGGERS) show it in runs.
+for _package in ("tasks", "flows", "misp_ndr"):
+    logging.getLogger(_package).setLevel(logging.INFO)
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -7,6 +7,7 @@ sends only what is left.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from tasks.export_ledger import ExportLedger
 from tasks.misp import MispClient
 from tasks.misp_events import EventDraft
 from tasks.misp_feed import write_feed
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 200
 
 
 @dataclass
@@ -44,8 +48,10 @@ def deliver_to_misp(drafts: list[EventDraft], settings: Settings) -> DeliveryRes
     client = MispClient(settings.misp)
     for tag in sorted({tag for draft in todo for tag in draft.tags}):
         client.ensure_tag(tag)
-    for draft in todo:
+    for done, draft in enumerate(todo, start=1):
         outcome = client.push_event(draft)  # TransientError / AuthError abort the batch
+        if done % PROGRESS_EVERY == 0 or done == len(todo):
+            log.info("MISP %s: %d of %d events sent", settings.misp.url, done, len(todo))
         if outcome.status == "failed":
             result.failures.append((draft.uuid, outcome.reason))
             continue

@@ -116,3 +116,11 @@ def test_api_key_never_reaches_logs_or_the_report(
     printed = capsys.readouterr()
     assert API_KEY not in caplog.text + printed.out + printed.err
     assert API_KEY not in report.render_text() + repr(report)
+
+
+def test_delivery_reports_progress_in_the_run_log(
+    misp: MispStandIn, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="tasks"):
+        report = export_flowmon_batch()
+    assert f"{report.created} of {report.created} events sent" in caplog.text
