@@ -18,6 +18,11 @@ def parse_age(text: str) -> timedelta:
     return timedelta(**{_UNITS[unit.lower()]: int(amount)})
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A time without a zone is UTC everywhere in misp-ndr, never the host's local time."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def parse_moment(text: str, now: datetime | None = None) -> datetime:
     """An absolute time, or `now` minus an age."""
     if _AGE.match(text):
@@ -28,4 +33,4 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
         raise ValueError(
             f"{text!r} is neither an ISO-8601 time (2026-11-20T08:00Z) nor an age (7d)"
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return as_utc(moment)

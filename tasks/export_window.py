@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from misp_ndr.config import Settings
+from misp_ndr.moments import as_utc
 from misp_ndr.task_policy import batch_task
 from tasks.run_state import RunWatermarks
 
@@ -30,9 +31,9 @@ def export_window(
     """Explicit bounds win; else from the watermark minus the overlap (ADS stores events a
     few minutes after their detection time), or a first-run lookback, up to now."""
     key = f"export:flowmon-api:{settings.flowmon.url}"
-    end = _as_utc(until) if until else datetime.now(UTC)
+    end = as_utc(until) if until else datetime.now(UTC)
     if since is not None:
-        start = _as_utc(since)
+        start = as_utc(since)
     else:
         mark = _watermarks(settings).get(key)
         overlap = timedelta(minutes=settings.flowmon.window_overlap_minutes)
@@ -47,10 +48,6 @@ def export_window(
 
 def advance_export_watermark(settings: Settings, window: ExportWindow) -> None:
     _watermarks(settings).advance(window.watermark_key, window.end)
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 export_window_task = batch_task(export_window, "export-window")

@@ -23,7 +23,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -33,6 +33,7 @@ import requests
 from misp_ndr.config import FlowmonSettings
 from misp_ndr.errors import AuthError, ConfigError, RejectedError, TransientError
 from misp_ndr.http import build_session, describe_failure, raise_for_answer
+from misp_ndr.moments import as_utc
 from misp_ndr.task_policy import batch_task
 from tasks.detections import (
     PRIORITY_ORDER,
@@ -361,9 +362,7 @@ class FlowmonClient:
     def _appliance_minute(self, moment: datetime, *, round_up: bool) -> str:
         """A window bound as the API wants it: minutes, on the appliance clock. A naive
         `moment` is taken as UTC."""
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        local = moment.astimezone(ZoneInfo(self._timezone))
+        local = as_utc(moment).astimezone(ZoneInfo(self._timezone))
         minute = local.replace(second=0, microsecond=0)
         if round_up and minute != local:
             minute += timedelta(minutes=1)

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from misp_ndr.config import MispSettings
+from misp_ndr.moments import as_utc
 from misp_ndr.task_policy import batch_task
 from tasks.misp import MispClient, UnexpectedAnswerError
 from tasks.rule_indicators import (
@@ -129,11 +130,6 @@ def restsearch_filters(query: AttributeQuery, now: datetime | None = None) -> di
     if window is not None:
         filters[window_field(query)] = window
     return filters
-
-
-def as_utc(moment: datetime) -> datetime:
-    """A time without a zone is UTC here (as everywhere in misp-ndr), never the host's."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _epoch_window(query: AttributeQuery) -> int | list[int] | None:
