@@ -67,6 +67,27 @@ def spool_stdin(state_dir: Path) -> Path:
     return path
 
 
+def input_file(input_path: str | None, state_dir: Path, *, stdin_default: bool,
+               source: str) -> tuple[str, Path | None]:
+    """The file to read and, when it is spooled standard input, its spool path."""
+    if input_path not in (None, "-") and not Path(input_path).is_file():
+        raise InputError(f"--input {input_path}: no such file")
+    if input_path is None and not stdin_default:
+        raise InputError(f"--source {source} needs --input FILE (or - for stdin)")
+    if input_path in (None, "-"):
+        spooled = spool_stdin(state_dir)
+        return str(spooled), spooled
+    return str(input_path), None
+
+
+def finish_spooled(spooled: Path | None, succeeded: bool) -> None:
+    """A batch read from stdin is deleted once handled, else kept for a re-run."""
+    if spooled and succeeded:
+        spooled.unlink()
+    elif spooled:
+        typer.echo(f"the input batch is kept at {spooled}; re-run with --input {spooled}")
+
+
 @app.command()
 def export(
     source: Annotated[str, typer.Option(
@@ -122,14 +143,10 @@ def export(
         if chosen is ExportSource.FLOWMON_API and not settings.flowmon.configured:
             raise ConfigError("--source flowmon-api needs MISP_NDR_FLOWMON__URL, "
                               "MISP_NDR_FLOWMON__USER and MISP_NDR_FLOWMON__PASSWORD")
-        if input_path not in (None, "-") and not Path(input_path).is_file():
-            raise InputError(f"--input {input_path}: no such file")
-        spooled = None
-        path = input_path
-        if chosen is not ExportSource.FLOWMON_API and path in (None, "-"):
-            if chosen is ExportSource.SURICATA and path is None:
-                raise InputError("--source suricata needs --input eve.json (or - for stdin)")
-            path = str(spooled := spool_stdin(settings.state_dir))
+        path, spooled = None, None
+        if chosen is not ExportSource.FLOWMON_API:
+            path, spooled = input_file(input_path, settings.state_dir, source=source,
+                                       stdin_default=chosen is ExportSource.FLOWMON_STDIN)
         try:
             report = export_detections(
                 source=chosen, input_path=path, since=moment_option(since),
@@ -139,11 +156,82 @@ def export(
                 ip_filters=ip_filter, publish=publish)
         except ExportIncomplete as exc:
             typer.echo(exc.report.render_text())
-            if spooled:
-                typer.echo(f"the input batch is kept at {spooled}; re-run with --input {spooled}")
+            finish_spooled(spooled, succeeded=False)
             return EXIT_FAILED
-        if spooled:
-            spooled.unlink()
+        finish_spooled(spooled, succeeded=True)
+        typer.echo(report.render_text())
+        return 0
+
+    run_guarded(run)
+
+
+@app.command()
+def sightings(
+    source: Annotated[str, typer.Option(
+        help="where hits come from: flowmon-api (ADS BLACKLIST events), flowmon-stdin (the "
+        "batch ADS hands a custom script), suricata (eve.json alerts of our rules), csv "
+        "(value,time[,sensor] as CSV or JSON)")],
+    input_path: Annotated[str | None, typer.Option(
+        "--input", "-i", help="file to read, or - for standard input (the default for "
+        "flowmon-stdin); standard input is spooled under the state dir first")] = None,
+    sid_map: Annotated[Path | None, typer.Option(
+        help="suricata: the sid map update-rules wrote (default: sid-map.csv in "
+        "MISP_NDR_RULES__OUTPUT_DIR, if there)")] = None,
+    source_name: Annotated[str | None, typer.Option(
+        help="the sightings' source in MISP; {sensor} is replaced by the sensor name "
+        "(overrides MISP_NDR_SIGHTINGS__SOURCE)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="JSON lines file written when no MISP is configured (overrides "
+        "MISP_NDR_SIGHTINGS__OUT_FILE)")] = None,
+    file_only: Annotated[bool, typer.Option(
+        help="write the JSON lines file even when a MISP URL is configured")] = False,
+    window_minutes: Annotated[int | None, typer.Option(
+        min=0, help="at most one sighting per indicator per sensor per this many minutes "
+        "(overrides MISP_NDR_SIGHTINGS__WINDOW_MINUTES)")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="flowmon-api window start: ISO time or age (12h); default: last successful run")
+    ] = None,
+    until: Annotated[str | None, typer.Option(
+        help="flowmon-api window end: ISO time or age; default: now")] = None,
+    timezone: Annotated[str | None, typer.Option(
+        help="IANA zone of the appliance's clock, for flowmon-stdin times without offset")
+    ] = None,
+) -> None:
+    """Add a MISP sighting for each sensor hit on a MISP indicator (or write them as JSON
+    lines, ready for /sightings/add, when no MISP is configured)."""
+    from flows.sightings import SightingSource, submit_sightings
+    from tasks.sightings_report import SightingsIncomplete
+
+    try:
+        chosen = SightingSource(source)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{source!r}; choose one of {', '.join(s.value for s in SightingSource)}",
+            param_hint="--source") from None
+
+    def run() -> int:
+        settings = load_settings({"sightings": {
+            "source": source_name, "window_minutes": window_minutes, "out_file": out}})
+        if chosen is SightingSource.FLOWMON_API and not settings.flowmon.configured:
+            raise ConfigError("--source flowmon-api needs MISP_NDR_FLOWMON__URL, "
+                              "MISP_NDR_FLOWMON__USER and MISP_NDR_FLOWMON__PASSWORD")
+        if sid_map is not None and not sid_map.is_file():
+            raise InputError(f"--sid-map {sid_map}: no such file")
+        path, spooled = None, None
+        if chosen is not SightingSource.FLOWMON_API:
+            path, spooled = input_file(input_path, settings.state_dir, source=source,
+                                       stdin_default=chosen is SightingSource.FLOWMON_STDIN)
+        try:
+            report = submit_sightings(
+                source=chosen, input_path=path, sid_map=str(sid_map) if sid_map else None,
+                source_name=source_name, out_file=str(out) if out else None,
+                file_only=file_only, since=moment_option(since), until=moment_option(until),
+                window_minutes=window_minutes, timezone=timezone)
+        except SightingsIncomplete as exc:
+            typer.echo(exc.report.render_text())
+            finish_spooled(spooled, succeeded=False)
+            return EXIT_FAILED
+        finish_spooled(spooled, succeeded=True)
         typer.echo(report.render_text())
         return 0
 
@@ -260,6 +348,9 @@ def main(argv: list[str] | None = None) -> Any:
     # The ephemeral Prefect server's telemetry heartbeat cannot reach out from a SOC
     # network and races its own SQLite start-up ("database is locked"); opt in explicitly.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A first run on a fresh machine creates the ephemeral server's database: measured at
+    # over 20 s (Prefect's default wait) on a 2-core machine, which then failed the run.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # Progress of long steps (restSearch pages, events delivered) is logged by our modules:
     # show it with Prefect's run logs, in the terminal and in the UI.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,flows,misp_ndr")
