@@ -43,6 +43,7 @@ DETECTION_COLUMNS: dict[str, str] = {
     "domain": "string",  # a DNS query name or a domain blacklist hit -> MISP `domain`
     "hostname": "string",  # an HTTP Host or TLS SNI (a host's FQDN) -> MISP `hostname`
     "detail": "string",  # free text
+    "sensor": "string",  # the probe that saw it: ADS flow source, Suricata sensor-name
 }
 
 

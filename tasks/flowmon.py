@@ -78,7 +78,7 @@ PRIORITY_RANK: dict[Priority, int] = {
 # exactly as the sensor wrote it.
 ADS_RECORD_COLUMNS = [
     "position", "where", "record", "detection_id", "time", "method", "method_description",
-    "priority", "detail", "src_ip", "targets", "protocol", "ports",
+    "priority", "detail", "src_ip", "targets", "protocol", "ports", "sensor",
 ]
 
 # BLACKLIST "Domain" submethod: the first host name after the word "domain" in the detail.
@@ -181,6 +181,7 @@ def ads_records_to_batch(
         "protocol": blank_to_na(records["protocol"])[keep],
         "dst_port": _single_port(blank_to_na(records["ports"])[keep]),
         "detail": blank_to_na(records["detail"])[keep],
+        "sensor": blank_to_na(records["sensor"])[keep],
     })
     events["domain"] = _blacklisted_domain(events["method"], events["detail"])
     rows, repeated = _one_row_per_target(events)
@@ -277,7 +278,13 @@ def _api_event_record(event: dict[str, Any], origin: str, position: int) -> dict
         "targets": address_list_text(event.get("targets")),
         "protocol": None,
         "ports": None,
+        "sensor": _flow_source_name(event.get("nfSource")),
     }
+
+
+def _flow_source_name(value: Any) -> str | None:
+    """`nfSource` is a name in the events seen; an object would carry it as `name`."""
+    return text_or_none(value.get("name") if isinstance(value, dict) else value)
 
 
 # --- REST API client ------------------------------------------------------------------------
@@ -512,12 +519,14 @@ def _oauth_error(answer: requests.Response) -> str:
 
 
 def fetch_flowmon_detections(
-    flowmon: FlowmonSettings, since: datetime, until: datetime
+    flowmon: FlowmonSettings, since: datetime, until: datetime,
+    min_priority: Priority | None = None,
 ) -> ParsedBatch:
-    """The export job's Flowmon API input: the window's events, at the configured minimum
-    priority, as detections, read on the appliance's clock."""
+    """The window's events as detections, read on the appliance's clock, at `min_priority`
+    (default: the configured one; the sightings job wants every blacklist hit)."""
     events = FlowmonClient(flowmon, timezone=flowmon.timezone).fetch_events(since, until)
-    return parse_api_events(events, Priority(flowmon.min_priority), timezone=flowmon.timezone)
+    priority = min_priority or Priority(flowmon.min_priority)
+    return parse_api_events(events, priority, timezone=flowmon.timezone)
 
 
 fetch_flowmon_detections_task = batch_task(

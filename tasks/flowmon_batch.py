@@ -17,9 +17,11 @@ are ignored:
   extended   0   1    3        4          8        9      -      -        12      14
   IDS        0   1    -       12         13        9      -      -         3       5
 
-Extended-line ports and protocols are not read: their positions are unverified. IDS events
-get the method code `IDSP` (the ADS name of IDS events); a numeric IDS severity is read on
-Suricata's scale (1 high, 2 medium, 3 low), the IDS probe being Suricata-based.
+The classic line's field 13 (data feed) and the JSON `netFlowSource` name the probe that saw
+the event (the detection's `sensor`). Extended-line ports and protocols are not read: their
+positions are unverified. IDS events get the method code `IDSP` (the ADS name of IDS events);
+a numeric IDS severity is read on Suricata's scale (1 high, 2 medium, 3 low), the IDS probe
+being Suricata-based.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ IDS_METHOD = "IDSP"
 # field count -> {record column: field index}
 TSV_LAYOUTS: dict[int, dict[str, int]] = {
     15: {"detection_id": 0, "time": 1, "method": 3, "method_description": 4, "priority": 6,
-         "detail": 7, "ports": 8, "protocol": 9, "src_ip": 10, "targets": 12},
+         "detail": 7, "ports": 8, "protocol": 9, "src_ip": 10, "targets": 12, "sensor": 13},
     16: {"detection_id": 0, "time": 1, "method": 3, "method_description": 4, "priority": 8,
          "detail": 9, "src_ip": 12, "targets": 14},
     17: {"detection_id": 0, "time": 1, "method": 3, "method_description": 4, "priority": 8,
@@ -152,7 +154,7 @@ def _json_record(number: int, where: str, line: str) -> dict[str, Any]:
 # JSON batch keys -> record columns: ADS events, and IDS events (which have no timestamp)
 ADS_JSON_KEYS = {"detection_id": "id", "time": "timestamp", "method": "type",
                  "method_description": "typeDesc", "priority": "severity", "detail": "detail",
-                 "src_ip": "source", "targets": "targets"}
+                 "src_ip": "source", "targets": "targets", "sensor": "netFlowSource"}
 IDS_JSON_KEYS = {"detection_id": "id", "time": "firstSeen", "method_description": "category",
                  "priority": "severity", "detail": "signatureName", "src_ip": "srcIp",
                  "targets": "dstIp"}

@@ -36,10 +36,11 @@ LINE_HASH_CHARS = 16
 _ALERT_COLUMNS = [
     "line", "record", "detection_id", "timestamp", "method", "method_description", "priority",
     "src_ip", "dst_ip", "src_port", "dst_port", "protocol", "domain", "hostname", "detail",
+    "sensor",
 ]
 
 
-class _BadRecord(ValueError):
+class BadRecord(ValueError):
     """A line that is not a usable alert; its message is the problem's reason."""
 
 
@@ -82,52 +83,54 @@ def parse_eve_lines(lines: Iterable[str | bytes], origin: str = "eve.json") -> P
             continue
         records_read += 1
         try:
-            record = _json_object(line)
+            record = json_object(line)
             event_type = record.get("event_type")
             if event_type != "alert":
                 if not isinstance(event_type, str) or not event_type:
-                    raise _BadRecord("no event_type")
+                    raise BadRecord("no event_type")
                 reason = f"eve {event_type} record (not an alert)"
                 skipped[reason] = skipped.get(reason, 0) + 1
                 continue
             alerts.append(_alert_row(number, line, record))
-        except _BadRecord as exc:
+        except BadRecord as exc:
             problems.append(ParseProblem.make(f"{origin} line {number}", str(exc), line))
     batch = _alerts_to_batch(pd.DataFrame(alerts, columns=_ALERT_COLUMNS), origin)
     skipped.update(batch.skipped)
     return ParsedBatch(batch.detections, problems + batch.problems, records_read, skipped)
 
 
-def _json_object(line: str | bytes) -> dict[str, Any]:
+def json_object(line: str | bytes) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except UnicodeDecodeError:
-        raise _BadRecord("not UTF-8 text") from None
+        raise BadRecord("not UTF-8 text") from None
     except ValueError as exc:
-        raise _BadRecord(f"not JSON ({exc.msg} at column {exc.colno})") from None
+        raise BadRecord(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise BadRecord("JSON nested too deeply") from None
     if not isinstance(record, dict):
-        raise _BadRecord("not a JSON object")
+        raise BadRecord("not a JSON object")
     return record
 
 
 def _alert_row(number: int, line: str | bytes, record: dict[str, Any]) -> tuple[Any, ...]:
     alert = record.get("alert")
     if not isinstance(alert, dict):
-        raise _BadRecord("alert record without an 'alert' object")
-    signature_id = _integer(alert.get("signature_id"))
+        raise BadRecord("alert record without an 'alert' object")
+    signature_id = integer_or_none(alert.get("signature_id"))
     if signature_id is None:
-        raise _BadRecord("alert.signature_id is missing or not an integer")
+        raise BadRecord("alert.signature_id is missing or not an integer")
     timestamp = record.get("timestamp")
     if not isinstance(timestamp, str):
-        raise _BadRecord("timestamp is missing")
-    flow_id = _integer(record.get("flow_id"))
+        raise BadRecord("timestamp is missing")
+    flow_id = integer_or_none(record.get("flow_id"))
     return (
         number, line, _detection_id(flow_id, signature_id, line), timestamp, str(signature_id),
-        _text(alert.get("signature")), severity_priority(alert.get("severity")).value,
-        _text(record.get("src_ip")), _text(record.get("dest_ip")),
+        stripped_text(alert.get("signature")), severity_priority(alert.get("severity")).value,
+        stripped_text(record.get("src_ip")), stripped_text(record.get("dest_ip")),
         _port(record.get("src_port")), _port(record.get("dest_port")),
-        _text(record.get("proto")), _dns_name(record.get("dns")), _host_name(record),
-        _text(alert.get("category")),
+        stripped_text(record.get("proto")), dns_name(record.get("dns")), host_name(record),
+        stripped_text(alert.get("category")), stripped_text(record.get("host")),
     )
 
 
@@ -138,7 +141,7 @@ def _detection_id(flow_id: int | None, signature_id: int, line: str | bytes) -> 
     return hashlib.sha256(data.strip()).hexdigest()[:LINE_HASH_CHARS]
 
 
-def _integer(value: Any) -> int | None:
+def integer_or_none(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -149,22 +152,22 @@ def _integer(value: Any) -> int | None:
 
 
 def _port(value: Any) -> int | None:
-    port = _integer(value)
+    port = integer_or_none(value)
     return port if port is not None and 0 <= port <= 65535 else None
 
 
-def _text(value: Any) -> str | None:
+def stripped_text(value: Any) -> str | None:
     return value.strip() or None if isinstance(value, str) else None
 
 
-def _host_name(record: dict[str, Any]) -> str | None:
+def host_name(record: dict[str, Any]) -> str | None:
     """HTTP Host, else TLS SNI: the name the client asked the server for."""
     http, tls = record.get("http"), record.get("tls")
-    hostname = _text(http.get("hostname")) if isinstance(http, dict) else None
-    return hostname or (_text(tls.get("sni")) if isinstance(tls, dict) else None)
+    hostname = stripped_text(http.get("hostname")) if isinstance(http, dict) else None
+    return hostname or (stripped_text(tls.get("sni")) if isinstance(tls, dict) else None)
 
 
-def _dns_name(dns: Any) -> str | None:
+def dns_name(dns: Any) -> str | None:
     """The queried name of a DNS alert: eve v2 `query[]`, v3 `queries[]`, or `rrname`.
     When an alert carries several questions, the first is kept."""
     if not isinstance(dns, dict):
@@ -173,10 +176,10 @@ def _dns_name(dns: Any) -> str | None:
         questions = dns.get(key)
         if isinstance(questions, list):
             for question in questions:
-                name = _text(question.get("rrname")) if isinstance(question, dict) else None
+                name = stripped_text(question.get("rrname")) if isinstance(question, dict) else None
                 if name:
                     return name.rstrip(".").lower()
-    name = _text(dns.get("rrname"))
+    name = stripped_text(dns.get("rrname"))
     return name.rstrip(".").lower() if name else None
 
 
