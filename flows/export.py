@@ -16,9 +16,9 @@ from tasks.export_report import (
     publish_export_report_task,
     summarize_export,
 )
-from tasks.export_window import advance_export_watermark_task, export_window_task
 from tasks.flowmon import fetch_flowmon_detections_task
 from tasks.flowmon_batch import read_flowmon_batch_task
+from tasks.flowmon_window import advance_flowmon_watermark_task, flowmon_window_task
 from tasks.indicators import select_export_indicators_task
 from tasks.misp_events import build_event_drafts_task
 from tasks.suricata import read_suricata_alerts_task
@@ -59,7 +59,7 @@ def export_detections(
     })
     window = None
     if source is ExportSource.FLOWMON_API:
-        window = export_window_task(settings, since, until)
+        window = flowmon_window_task(settings, since, until)
         batch = fetch_flowmon_detections_task(settings.flowmon, window.start, window.end)
     elif source is ExportSource.FLOWMON_STDIN:
         zone = timezone or settings.flowmon.timezone
@@ -82,7 +82,7 @@ def export_detections(
         delivery = deliver_to_feed_task(drafts, Path(feed_dir), return_state=True)
     report = summarize_export(source.value, destination, batch, selection, drafts, delivery, window)
     if report.succeeded and window is not None and not dry_run:
-        advance_export_watermark_task(settings, window)
+        advance_flowmon_watermark_task(settings, window)
     publish_export_report_task(report)
     if not report.succeeded:
         raise ExportIncomplete(report)

@@ -1,4 +1,5 @@
-"""Which time window an API export reads: since the last successful run, with overlap."""
+"""Which time window a job reading the Flowmon REST API covers: since its last successful run,
+with overlap. Each job (export, sightings) keeps its own watermark."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tasks.run_state import RunWatermarks
 
 
 @dataclass(frozen=True)
-class ExportWindow:
+class FlowmonWindow:
     start: datetime
     end: datetime
     watermark_key: str
@@ -25,12 +26,12 @@ def _watermarks(settings: Settings) -> RunWatermarks:
     return RunWatermarks(settings.state_dir / "watermarks.json")
 
 
-def export_window(
-    settings: Settings, since: datetime | None, until: datetime | None
-) -> ExportWindow:
+def flowmon_window(
+    settings: Settings, since: datetime | None, until: datetime | None, job: str = "export"
+) -> FlowmonWindow:
     """Explicit bounds win; else from the watermark minus the overlap (ADS stores events a
     few minutes after their detection time), or a first-run lookback, up to now."""
-    key = f"export:flowmon-api:{settings.flowmon.url}"
+    key = f"{job}:flowmon-api:{settings.flowmon.url}"
     end = as_utc(until) if until else datetime.now(UTC)
     if since is not None:
         start = as_utc(since)
@@ -41,14 +42,15 @@ def export_window(
         start = mark - overlap if mark else end - lookback
     if start >= end:
         raise ValueError(
-            f"empty export window: {start.isoformat()} is not before {end.isoformat()}"
+            f"empty {job} window: {start.isoformat()} is not before {end.isoformat()}"
         )
-    return ExportWindow(start, end, key)
+    return FlowmonWindow(start, end, key)
 
 
-def advance_export_watermark(settings: Settings, window: ExportWindow) -> None:
+def advance_flowmon_watermark(settings: Settings, window: FlowmonWindow) -> None:
     _watermarks(settings).advance(window.watermark_key, window.end)
 
 
-export_window_task = batch_task(export_window, "export-window")
-advance_export_watermark_task = batch_task(advance_export_watermark, "advance-export-watermark")
+flowmon_window_task = batch_task(flowmon_window, "flowmon-window")
+advance_flowmon_watermark_task = batch_task(advance_flowmon_watermark,
+                                            "advance-flowmon-watermark")

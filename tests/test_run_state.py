@@ -10,7 +10,7 @@ import pytest
 from misp_ndr.config import load_settings
 from misp_ndr.moments import parse_moment
 from tasks.export_ledger import ExportLedger
-from tasks.export_window import advance_export_watermark, export_window
+from tasks.flowmon_window import advance_flowmon_watermark, flowmon_window
 from tasks.run_state import RunWatermarks
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -40,21 +40,21 @@ def test_ledger_lookup_handles_more_uuids_than_sqlite_parameters(tmp_path: Path)
 def test_first_api_window_looks_back_then_resumes_from_watermark_with_overlap() -> None:
     settings = load_settings({"flowmon": {"first_run_lookback_hours": 6,
                                           "window_overlap_minutes": 10}})
-    first = export_window(settings, None, NOW)
+    first = flowmon_window(settings, None, NOW)
     assert first.start == NOW - timedelta(hours=6)
-    advance_export_watermark(settings, first)
+    advance_flowmon_watermark(settings, first)
     later = NOW + timedelta(hours=1)
-    second = export_window(settings, None, later)
+    second = flowmon_window(settings, None, later)
     assert second.start == NOW - timedelta(minutes=10)
     assert second.end == later
 
 
 def test_explicit_window_wins_and_empty_window_is_refused() -> None:
     settings = load_settings()
-    window = export_window(settings, NOW - timedelta(days=2), NOW)
+    window = flowmon_window(settings, NOW - timedelta(days=2), NOW)
     assert window.start == NOW - timedelta(days=2)
     with pytest.raises(ValueError, match="empty export window"):
-        export_window(settings, NOW, NOW - timedelta(hours=1))
+        flowmon_window(settings, NOW, NOW - timedelta(hours=1))
 
 
 @pytest.mark.parametrize(("text", "expected"), [
