@@ -8,6 +8,7 @@ from prefect import flow
 
 from misp_ndr.config import load_settings
 from tasks.indicator_store import (
+    STORE_FILE,
     load_indicator_store_task,
     merge_indicators_task,
     save_indicator_store_task,
@@ -44,7 +45,7 @@ def update_rules(
         "state_dir": state_dir,
     })
     rules = settings.rules
-    store = settings.state_dir / "rule-indicators.parquet"
+    store = settings.state_dir / STORE_FILE
     current = load_indicator_store_task(store)
     plan = plan_rule_update_task(settings, feed or "misp", current is not None, fast, since,
                                  until)

@@ -253,6 +253,44 @@ class RulesSettings(BaseModel):
         return self
 
 
+class SightingsSettings(BaseModel):
+    """The sightings job: sensor hits on MISP indicators become MISP sightings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        "{sensor}", min_length=1, max_length=255,
+        description="sighting source; {sensor} becomes the sensor's name, e.g. suricata/ids-1",
+    )
+    window_minutes: int = Field(
+        60, ge=0, le=7 * 24 * 60, description="at most one sighting per indicator per sensor "
+        "in each window of this many minutes (0: one per distinct second)",
+    )
+    flowmon_blacklists: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["misp*"], min_length=1,
+        description="comma-separated ADS blacklist names (case-insensitive, * and ? "
+        "wildcards) that hold MISP indicators; hits on other blacklists are not sightings",
+    )
+    out_file: Path = Field(
+        Path("out/sightings.jsonl"),
+        description="with no MISP configured, sightings are appended here as JSON lines",
+    )
+
+    @field_validator("flowmon_blacklists", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _printable_source(cls, source: str) -> str:
+        if not source.isprintable() or not source.strip():
+            raise ValueError("must be printable text on one line")
+        return source.strip()
+
+
 class Settings(BaseSettings):
     """The whole configuration. Env: MISP_NDR_<SECTION>__<FIELD>, e.g. MISP_NDR_MISP__URL."""
 
@@ -268,8 +306,10 @@ class Settings(BaseSettings):
     flowmon: FlowmonSettings = Field(default_factory=FlowmonSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
+    sightings: SightingsSettings = Field(default_factory=SightingsSettings)
     state_dir: Path = Field(
-        Path(".misp-ndr"), description="run watermarks, export ledger and spooled input batches"
+        Path(".misp-ndr"),
+        description="run watermarks, export and sighting ledgers, spooled input batches",
     )
 
 
@@ -335,6 +375,7 @@ SEED_PARAMETERS: dict[str, tuple[str, str]] = {
     "flowmon_filters": ("export", "ip_filters"),
     "flowmon_user": ("flowmon", "user"),
     "flowmon_pass": ("flowmon", "password"),
+    "source": ("sightings", "source"),  # misp_sighting_script.bash
 }
 
 

@@ -2,7 +2,9 @@
 
 Export: detections become events in a MISP feed directory (what MISP would pull); a second
 run shows idempotency (nothing exported twice). Rule update: the bundled MISP feed of IDS
-indicators becomes Suricata rules, Flowmon ADS blacklists and a Zeek intel file.
+indicators becomes Suricata rules, Flowmon ADS blacklists and a Zeek intel file. Sightings:
+sensor hits on those indicators (Suricata alerts of the rules just built, Flowmon blacklist
+hits, a CSV) become MISP sightings, written as JSON lines ready for `/sightings/add`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ from pathlib import Path
 
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE_AGE_DAYS = 3650  # the sample feed's events are dated November 2026
+SIGHTING_INPUTS = [
+    ("suricata", "eve-misp-alerts.json"),
+    ("flowmon-stdin", "flowmon-blacklist.jsonl"),
+    ("csv", "hits.csv"),
+]
 DEMO_INPUTS = [
     ("flowmon-stdin", "flowmon-batch.tsv"),
     ("flowmon-stdin", "flowmon-batch.jsonl"),
@@ -39,6 +46,7 @@ def run_demo(output_dir: Path, say: Callable[[str], None]) -> int:
     say("Point a MISP feed at this directory (Sync Actions > Feeds > Add feed, 'MISP Feed'"
         " format), or set MISP_NDR_MISP__URL and MISP_NDR_MISP__API_KEY to export directly.")
     run_rule_update_demo(output_dir, say)
+    run_sightings_demo(output_dir, say)
     return 0
 
 
@@ -51,3 +59,18 @@ def run_rule_update_demo(output_dir: Path, say: Callable[[str], None]) -> None:
                           state_dir=str(output_dir / "state"), max_age_days=SAMPLE_AGE_DAYS)
     say(report.render_text())
     say(f"\nRules, blacklists and intel at {rules_dir.resolve()}.")
+
+
+def run_sightings_demo(output_dir: Path, say: Callable[[str], None]) -> None:
+    from flows.sightings import SightingSource, submit_sightings
+    from tasks.ruleset_build import SID_MAP_FILE
+
+    out_file = output_dir / "sightings.jsonl"
+    for source, name in SIGHTING_INPUTS:
+        say(f"\n== sightings from {name} ({source}) ==")
+        report = submit_sightings(
+            source=SightingSource(source), input_path=str(SAMPLES / "sightings" / name),
+            sid_map=str(output_dir / "rules" / SID_MAP_FILE), out_file=str(out_file),
+            file_only=True, state_dir=str(output_dir / "state"))
+        say(report.render_text())
+    say(f"\nSightings at {out_file.resolve()}: one /sightings/add request body per line.")

@@ -36,7 +36,7 @@ def retry_policy(tls: TlsClientSettings) -> Retry:
         backoff_jitter=tls.retry_backoff / 2,
         backoff_max=60,
         status_forcelist=TRANSIENT_STATUSES,
-        allowed_methods=None,  # every method: our writes are idempotent
+        allowed_methods=None,  # every method: writes mounted here are idempotent
         respect_retry_after_header=True,
         raise_on_status=False,
     )
@@ -44,6 +44,14 @@ def retry_policy(tls: TlsClientSettings) -> Retry:
 
 def retrying_adapter(tls: TlsClientSettings) -> HTTPAdapter:
     return HTTPAdapter(max_retries=retry_policy(tls))
+
+
+def write_once_adapter(tls: TlsClientSettings) -> HTTPAdapter:
+    """For writes that are not idempotent (a sighting): retry only what the server surely
+    did not process, a failed connection or a 429. After a 5xx or a lost answer the write
+    may have happened; the caller must find out before writing again."""
+    policy = retry_policy(tls).new(read=0, other=0, status_forcelist={429})
+    return HTTPAdapter(max_retries=policy)
 
 
 def warn_if_insecure(tls: TlsClientSettings, system: str) -> None:

@@ -20,6 +20,7 @@ from misp_ndr.task_policy import batch_task
 from tasks.rule_indicators import RULE_INDICATOR_COLUMNS
 
 STORE_COLUMNS = {**RULE_INDICATOR_COLUMNS, "event_date": "datetime64[ns, UTC]"}
+STORE_FILE = "rule-indicators.parquet"  # under the state directory
 
 
 class IndicatorStore:

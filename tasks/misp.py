@@ -34,6 +34,7 @@ from misp_ndr.http import (
     raise_for_answer,
     retrying_adapter,
     warn_if_insecure,
+    write_once_adapter,
 )
 from misp_ndr.log_redaction import redact_secret_in_logger
 from tasks.misp_events import EventDraft
@@ -50,6 +51,12 @@ _ERROR_CODE_IN_PYMISP_MESSAGE = re.compile(r"Error code (\d{3})")
 
 PushStatus = Literal["created", "updated", "failed"]
 ATTRIBUTE_SEARCH_PATH = "attributes/restSearch"
+SIGHTING_ADD_PATH = "sightings/add"
+SIGHTING_SEARCH_PATH = "sightings/restSearch"
+# MISP's answer when no visible attribute matches a sighting's UUID or value (and filters):
+# HTTP 200 with a message on 2.4.1xx+/2.5, a 403 "Could not add" on older versions.
+NO_MATCHING_ATTRIBUTE = "no valid attributes found"
+SightingStatus = Literal["added", "unknown", "failed"]
 
 
 class UnexpectedAnswerError(MispNdrError):
@@ -63,6 +70,12 @@ class PushResult:
     uuid: str
     status: PushStatus
     reason: str = ""  # why it failed; for a success, what MISP did differently (if anything)
+
+
+@dataclass(frozen=True)
+class SightingResult:
+    status: SightingStatus  # unknown: MISP has no attribute matching it
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -223,6 +236,40 @@ class MispClient:
         answer = self._checked(what, lambda: api.direct_call(ATTRIBUTE_SEARCH_PATH, body))
         return self._attribute_page(what, answer)
 
+    def add_sighting(self, body: dict[str, Any]) -> SightingResult:
+        """`POST /sightings/add` with `body` as MISP's OpenAPI spec shapes it: `uuid` (an
+        attribute) or `values` with `filters`, and `source`, `type`, `timestamp`."""
+        api = self._connected()
+        what = f"adding a sighting of {body.get('uuid') or body.get('values')}"
+        answer = self._request(what, lambda: api.direct_call(SIGHTING_ADD_PATH, body))
+        error = _answer_error(answer)
+        detail = answer if error is None else error[1]
+        if NO_MATCHING_ATTRIBUTE in str(detail).lower():
+            return SightingResult("unknown")
+        if error is not None:
+            if not _is_validation_failure(error[1]):
+                raise_for_answer(error[0], SYSTEM, what, self._summary(error[1]))
+            return SightingResult("failed", f"MISP refused {what}: {self._summary(error[1])}")
+        if isinstance(answer, dict) and ("Sighting" in answer or _flag(answer.get("saved"))):
+            return SightingResult("added")
+        return SightingResult("failed", f"MISP answered {what} unexpectedly: "
+                                        f"{self._summary(answer)}")
+
+    def find_sightings(self, source: str, timestamp: int) -> list[dict[str, Any]]:
+        """Sightings with this exact source and time, each with `attribute_uuid` and
+        `attribute_value`: how a sighting whose answer was lost is looked for."""
+        api = self._connected()
+        what = f"searching sightings of source {source!r} at {timestamp}"
+        body = {"returnFormat": "json", "source": source, "from": timestamp, "to": timestamp,
+                "type": "0", "includeAttribute": 1}
+        answer = self._checked(what, lambda: api.direct_call(SIGHTING_SEARCH_PATH, body))
+        if isinstance(answer, dict) and isinstance(answer.get("response"), list):
+            answer = answer["response"]
+        if not isinstance(answer, list):
+            raise UnexpectedAnswerError(f"MISP {self._url} answered {what} with something "
+                                        f"that is not a list: {self._summary(answer)}")
+        return [item.get("Sighting", item) for item in answer if isinstance(item, dict)]
+
     # --- connection ----------------------------------------------------------------------
 
     def _connected(self) -> PyMISP:
@@ -252,7 +299,11 @@ class MispClient:
         # reach-in; tests cover it, so a PyMISP rename fails loudly. The constructor's own
         # few GETs over http stay unretried: a failure there is a TransientError, which
         # the Prefect task retry covers.
-        api._PyMISP__session.mount("http://", adapter)  # type: ignore[attr-defined]
+        session = api._PyMISP__session  # type: ignore[attr-defined]
+        session.mount("http://", adapter)
+        # Longest prefix wins: a sighting is not idempotent, so no blind re-send.
+        session.mount(f"{self._url.rstrip('/')}/{SIGHTING_ADD_PATH}",
+                      write_once_adapter(self._settings))
         return api
 
     def _connection_failure(self, exc: PyMISPError) -> MispNdrError:

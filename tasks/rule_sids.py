@@ -257,6 +257,14 @@ def write_sid_map(lines: pd.DataFrame) -> bytes:
     return table.to_csv(index=False, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).encode()
 
 
+def sid_map_for_alerts(path: Path | None, default: Path) -> pd.DataFrame | None:
+    """The sid map named (it must exist), else the one `update-rules` last wrote, if any:
+    without it, alerts still map through the UUIDs in their rules' metadata."""
+    if path is None and not default.exists():
+        return None
+    return read_sid_map(path or default)
+
+
 def read_sid_map(path: Path) -> pd.DataFrame:
     """The map a ruleset was written with. Every value is read as text (a domain named
     `null` stays `null`); a map that is not ours raises InputError naming the file."""

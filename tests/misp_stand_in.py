@@ -20,6 +20,11 @@ ROLE_ALL = {"name": "Org Admin", "perm_add": True, "perm_tag_editor": True, "per
             "perm_sighting": True, "perm_publish": True, "perm_site_admin": False}
 ALREADY_EXISTS = {"name": "Event already exists, if you would like to edit it, use the url in "
                   "the location header.", "message": "Event already exists", "url": "/events/add"}
+NO_MATCH = {"message": "Could not add the Sighting. Reason: No valid attributes found that "
+                       "match the criteria."}
+# /sightings/add body keys: the OpenAPI spec's AddSightingsRequest (values, timestamp,
+# filters) plus those MISP's SightingsController reads (uuid, id, value, source, type).
+SIGHTING_KEYS = {"values", "timestamp", "filters", "uuid", "source", "type"}
 Answer = tuple[int, dict[str, str], str]
 
 
@@ -57,6 +62,12 @@ class MispStandIn:
         self.attributes: list[dict[str, Any]] = []  # what restSearch serves, MISP-shaped
         self.searches: list[dict[str, Any]] = []
         rsps.add_callback(responses.POST, f"{url}/attributes/restSearch", self._rest_search)
+        self.sightings: list[dict[str, Any]] = []  # what MISP holds
+        self.sighting_requests: list[dict[str, Any]] = []  # every /sightings/add body
+        self.lost_sighting_answers: set[int] = set()  # 1-based adds stored, then 502
+        rsps.add_callback(responses.POST, f"{url}/sightings/add", self._add_sighting)
+        rsps.add_callback(responses.POST, f"{url}/sightings/restSearch",
+                          self._search_sightings)
 
     def publish_event(self, uuid: str, info: str, date: str, published_at: int,
                       attributes: list[dict[str, Any]], tags: tuple[str, ...] = ()) -> None:
@@ -86,6 +97,43 @@ class MispStandIn:
                 and low <= int(a["Event"]["publish_timestamp"]) <= high]
         start = (body["page"] - 1) * body["limit"]
         return _json(200, {"response": {"Attribute": rows[start:start + body["limit"]]}})
+
+    def _add_sighting(self, request: Any) -> Answer:
+        """Like MISP 2.5: by attribute UUID, or by values narrowed by restSearch filters
+        (to_ids, tags); one sighting per matching attribute."""
+        body = json.loads(request.body)
+        assert set(body) <= SIGHTING_KEYS, body
+        assert re.fullmatch(r"\d+", body["timestamp"]) and body["type"] == "0", body
+        self.sighting_requests.append(body)
+        if "uuid" in body:
+            matches = [a for a in self.attributes if a["uuid"] == body["uuid"]]
+        else:
+            filters = body.get("filters", {})
+            matches = [a for a in self.attributes
+                       if a["value"] in body["values"] and self._passes(a, filters)]
+        if not matches:
+            return _json(200, NO_MATCH)
+        for attribute in matches:
+            self.sightings.append({
+                "id": str(len(self.sightings) + 1), "attribute_uuid": attribute["uuid"],
+                "attribute_value": attribute["value"], "source": body.get("source", ""),
+                "date_sighting": body["timestamp"], "type": body["type"]})
+        if len(self.sighting_requests) in self.lost_sighting_answers:
+            return 502, {}, "Bad Gateway"
+        return _json(200, {"Sighting": self.sightings[-1]})
+
+    @staticmethod
+    def _passes(attribute: dict[str, Any], filters: dict[str, Any]) -> bool:
+        if "to_ids" in filters and int(attribute["to_ids"]) != int(filters["to_ids"]):
+            return False
+        tags = {tag["name"] for tag in attribute["Event"]["Tag"]}
+        return "tags" not in filters or bool(tags & set(filters["tags"]))
+
+    def _search_sightings(self, request: Any) -> Answer:
+        body = json.loads(request.body)
+        rows = [s for s in self.sightings if s["source"] == body["source"]
+                and int(body["from"]) <= int(s["date_sighting"]) <= int(body["to"])]
+        return _json(200, [{"Sighting": row} for row in rows])
 
     def _search_tag(self, request: Any) -> Answer:
         name = json.loads(request.body)["tagname"]
