@@ -124,7 +124,8 @@ def _found_in_misp(client: MispClient, uncertain: pd.DataFrame) -> set[str]:
     for (source, timestamp), group in uncertain.groupby(["source", "timestamp"]):
         existing = client.find_sightings(str(source), int(timestamp))
         uuids = {str(s.get("attribute_uuid", "")).lower() for s in existing}
-        values = {str(s.get("attribute_value", "")) for s in existing}
+        # a composite attribute (domain|ip) is sighted by either half of its value
+        values = {part for s in existing for part in str(s.get("attribute_value", "")).split("|")}
         by_uuid = group["attribute_uuid"].notna()
         hit = group["attribute_uuid"].str.lower().isin(uuids).where(
             by_uuid, group["value"].isin(values))

@@ -65,6 +65,7 @@ class MispStandIn:
         self.sightings: list[dict[str, Any]] = []  # what MISP holds
         self.sighting_requests: list[dict[str, Any]] = []  # every /sightings/add body
         self.lost_sighting_answers: set[int] = set()  # 1-based adds stored, then 502
+        self.sightings_down = False  # every add answers 503, storing nothing
         rsps.add_callback(responses.POST, f"{url}/sightings/add", self._add_sighting)
         rsps.add_callback(responses.POST, f"{url}/sightings/restSearch",
                           self._search_sightings)
@@ -105,12 +106,15 @@ class MispStandIn:
         assert set(body) <= SIGHTING_KEYS, body
         assert re.fullmatch(r"\d+", body["timestamp"]) and body["type"] == "0", body
         self.sighting_requests.append(body)
+        if self.sightings_down:
+            return 503, {}, "Service Unavailable"
         if "uuid" in body:
             matches = [a for a in self.attributes if a["uuid"] == body["uuid"]]
         else:
             filters = body.get("filters", {})
-            matches = [a for a in self.attributes
-                       if a["value"] in body["values"] and self._passes(a, filters)]
+            matches = [a for a in self.attributes  # value1 or value2 of composites
+                       if set(a["value"].split("|")) & set(body["values"])
+                       and self._passes(a, filters)]
         if not matches:
             return _json(200, NO_MATCH)
         for attribute in matches:
