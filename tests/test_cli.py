@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -90,11 +91,15 @@ def test_readme_demo_command_runs_on_a_fresh_prefect_home(tmp_path: Path) -> Non
     match = re.search(r"MISP feed at (.+): (\d+) events", first.stdout)
     assert match and Path(match.group(1)) == feed.resolve() and int(match.group(2)) > 0
     assert (feed / "manifest.json").exists() and (feed / "hashes.csv").exists()
+    sightings = (tmp_path / "demo" / "sightings.jsonl").read_text().splitlines()
+    assert len(sightings) == 11 and all(json.loads(line)["type"] == "0" for line in sightings)
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     created = re.findall(r"events created\s+(\d+)", again.stdout)
     assert created == ["0", "0", "0"]  # a second run exports nothing twice
+    assert (tmp_path / "demo" / "sightings.jsonl").read_text().splitlines() == sightings
+    assert re.findall(r"skipped: sent by an earlier run\s+(\d+)", again.stdout) == ["5", "3", "3"]
 
 
 def test_check_reports_version_and_what_the_key_may_do(monkeypatch: pytest.MonkeyPatch) -> None:
