@@ -11,12 +11,13 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from misp_ndr.config import Distribution, load_settings, masked_settings
+from misp_ndr.config import Distribution, Settings, load_settings, masked_settings
 from misp_ndr.errors import ConfigError, InputError, MispNdrError
 from misp_ndr.moments import parse_age, parse_moment
 
@@ -65,6 +66,39 @@ def spool_stdin(state_dir: Path) -> Path:
     path = spool / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-stdin.batch"
     path.write_bytes(sys.stdin.buffer.read())
     return path
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def source_choice(choices: type[E], source: str) -> E:
+    try:
+        return choices(source)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{source!r}; choose one of {', '.join(choice.value for choice in choices)}",
+            param_hint="--source") from None
+
+
+def require_flowmon(settings: Settings) -> None:
+    """Checked before Prefect starts: a missing appliance costs a second, not a run."""
+    if not settings.flowmon.configured:
+        raise ConfigError("--source flowmon-api needs MISP_NDR_FLOWMON__URL, "
+                          "MISP_NDR_FLOWMON__USER and MISP_NDR_FLOWMON__PASSWORD")
+
+
+def report_run(call: Callable[[], Any], incomplete: type[Exception],
+               spooled: Path | None) -> int:
+    """Run a job, print its report; exit 1 when it could not deliver everything."""
+    try:
+        report = call()
+    except incomplete as exc:
+        typer.echo(exc.report.render_text())  # type: ignore[attr-defined]
+        finish_spooled(spooled, succeeded=False)
+        return EXIT_FAILED
+    finish_spooled(spooled, succeeded=True)
+    typer.echo(report.render_text())
+    return 0
 
 
 def input_file(input_path: str | None, state_dir: Path, *, stdin_default: bool,
@@ -129,38 +163,24 @@ def export(
     from flows.export import ExportSource, export_detections
     from tasks.export_report import ExportIncomplete
 
-    try:
-        chosen = ExportSource(source)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{source!r}; choose one of {', '.join(s.value for s in ExportSource)}",
-            param_hint="--source") from None
+    chosen = source_choice(ExportSource, source)
 
     def run() -> int:
         settings = load_settings({"export": {
             "tag": tag, "to_ids": to_ids, "distribution": distribution,
             "ip_filters": ip_filter, "publish": publish}})
-        if chosen is ExportSource.FLOWMON_API and not settings.flowmon.configured:
-            raise ConfigError("--source flowmon-api needs MISP_NDR_FLOWMON__URL, "
-                              "MISP_NDR_FLOWMON__USER and MISP_NDR_FLOWMON__PASSWORD")
+        if chosen is ExportSource.FLOWMON_API:
+            require_flowmon(settings)
         path, spooled = None, None
         if chosen is not ExportSource.FLOWMON_API:
             path, spooled = input_file(input_path, settings.state_dir, source=source,
                                        stdin_default=chosen is ExportSource.FLOWMON_STDIN)
-        try:
-            report = export_detections(
+        return report_run(lambda: export_detections(
                 source=chosen, input_path=path, since=moment_option(since),
                 until=moment_option(until), feed_dir=str(feed_dir), feed_only=feed_only,
                 dry_run=dry_run, timezone=timezone, tag=tag, to_ids=to_ids,
                 distribution=Distribution(distribution) if distribution is not None else None,
-                ip_filters=ip_filter, publish=publish)
-        except ExportIncomplete as exc:
-            typer.echo(exc.report.render_text())
-            finish_spooled(spooled, succeeded=False)
-            return EXIT_FAILED
-        finish_spooled(spooled, succeeded=True)
-        typer.echo(report.render_text())
-        return 0
+                ip_filters=ip_filter, publish=publish), ExportIncomplete, spooled)
 
     run_guarded(run)
 
@@ -202,38 +222,24 @@ def sightings(
     from flows.sightings import SightingSource, submit_sightings
     from tasks.sightings_report import SightingsIncomplete
 
-    try:
-        chosen = SightingSource(source)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{source!r}; choose one of {', '.join(s.value for s in SightingSource)}",
-            param_hint="--source") from None
+    chosen = source_choice(SightingSource, source)
 
     def run() -> int:
         settings = load_settings({"sightings": {
             "source": source_name, "window_minutes": window_minutes, "out_file": out}})
-        if chosen is SightingSource.FLOWMON_API and not settings.flowmon.configured:
-            raise ConfigError("--source flowmon-api needs MISP_NDR_FLOWMON__URL, "
-                              "MISP_NDR_FLOWMON__USER and MISP_NDR_FLOWMON__PASSWORD")
+        if chosen is SightingSource.FLOWMON_API:
+            require_flowmon(settings)
         if sid_map is not None and not sid_map.is_file():
             raise InputError(f"--sid-map {sid_map}: no such file")
         path, spooled = None, None
         if chosen is not SightingSource.FLOWMON_API:
             path, spooled = input_file(input_path, settings.state_dir, source=source,
                                        stdin_default=chosen is SightingSource.FLOWMON_STDIN)
-        try:
-            report = submit_sightings(
+        return report_run(lambda: submit_sightings(
                 source=chosen, input_path=path, sid_map=str(sid_map) if sid_map else None,
                 source_name=source_name, out_file=str(out) if out else None,
                 file_only=file_only, since=moment_option(since), until=moment_option(until),
-                window_minutes=window_minutes, timezone=timezone)
-        except SightingsIncomplete as exc:
-            typer.echo(exc.report.render_text())
-            finish_spooled(spooled, succeeded=False)
-            return EXIT_FAILED
-        finish_spooled(spooled, succeeded=True)
-        typer.echo(report.render_text())
-        return 0
+                window_minutes=window_minutes, timezone=timezone), SightingsIncomplete, spooled)
 
     run_guarded(run)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,14 @@ def severity_priority(severity: Any) -> Priority:
 
 
 def read_eve_file(path: str | Path) -> ParsedBatch:
-    """Stream an eve.json file; a file that cannot be opened at all is an `InputError`."""
-    path = Path(path)
+    with eve_lines(Path(path)) as lines:
+        return parse_eve_lines(lines, origin=Path(path).name)
+
+
+@contextmanager
+def eve_lines(path: Path) -> Iterator[Iterator[bytes]]:
+    """Stream an eve.json file's lines; a file that cannot be opened or read is an
+    `InputError` (a bad line is not: the parsers report it and go on)."""
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -61,7 +68,7 @@ def read_eve_file(path: str | Path) -> ParsedBatch:
             f"cannot read Suricata eve file {path}: {exc.strerror or type(exc).__name__}"
         ) from None
     with handle:
-        return parse_eve_lines(_lines(handle, path), origin=path.name)
+        yield _lines(handle, path)
 
 
 def _lines(handle: Iterable[bytes], path: Path) -> Iterator[bytes]:
@@ -113,7 +120,9 @@ def json_object(line: str | bytes) -> dict[str, Any]:
     return record
 
 
-def _alert_row(number: int, line: str | bytes, record: dict[str, Any]) -> tuple[Any, ...]:
+def alert_essentials(record: dict[str, Any]) -> tuple[dict[str, Any], int, str]:
+    """An alert record's `alert` object, signature id and timestamp: without them it is
+    no usable alert (BadRecord)."""
     alert = record.get("alert")
     if not isinstance(alert, dict):
         raise BadRecord("alert record without an 'alert' object")
@@ -123,6 +132,11 @@ def _alert_row(number: int, line: str | bytes, record: dict[str, Any]) -> tuple[
     timestamp = record.get("timestamp")
     if not isinstance(timestamp, str):
         raise BadRecord("timestamp is missing")
+    return alert, signature_id, timestamp
+
+
+def _alert_row(number: int, line: str | bytes, record: dict[str, Any]) -> tuple[Any, ...]:
+    alert, signature_id, timestamp = alert_essentials(record)
     flow_id = integer_or_none(record.get("flow_id"))
     return (
         number, line, _detection_id(flow_id, signature_id, line), timestamp, str(signature_id),

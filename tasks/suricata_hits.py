@@ -19,7 +19,7 @@ hit needs; times, addresses and the sid map's values are handled column-wise at 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,16 +27,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from misp_ndr.errors import InputError
 from misp_ndr.task_policy import batch_task
 from tasks.detections import HAS_UTC_OFFSET, ParseProblem, times_to_utc
 from tasks.ip_addresses import non_global_mask, parse_addresses
 from tasks.sighting_hits import HitBatch, normalize_hits
 from tasks.suricata import (
     BadRecord,
+    alert_essentials,
     dns_name,
+    eve_lines,
     host_name,
-    integer_or_none,
     json_object,
     stripped_text,
 )
@@ -84,23 +84,8 @@ class _Collected:
 
 
 def read_suricata_hits(path: str | Path, sid_map: pd.DataFrame | None) -> HitBatch:
-    """Stream an eve.json file; a file that cannot be opened at all is an `InputError`."""
-    path = Path(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(
-            f"cannot read Suricata eve file {path}: {exc.strerror or type(exc).__name__}"
-        ) from None
-    with handle:
-        return parse_suricata_hit_lines(_lines(handle, path), sid_map, origin=path.name)
-
-
-def _lines(handle: Iterable[bytes], path: Path) -> Iterator[bytes]:
-    try:
-        yield from handle
-    except OSError as exc:
-        raise InputError(f"reading Suricata eve file {path} failed: {exc}") from None
+    with eve_lines(Path(path)) as lines:
+        return parse_suricata_hit_lines(lines, sid_map, origin=Path(path).name)
 
 
 def parse_suricata_hit_lines(
@@ -151,15 +136,7 @@ def _collect_record(
             raise BadRecord("no event_type")
         collected.skip(f"eve {event_type} record (not an alert)")
         return
-    alert = record.get("alert")
-    if not isinstance(alert, dict):
-        raise BadRecord("alert record without an 'alert' object")
-    sid = integer_or_none(alert.get("signature_id"))
-    if sid is None:
-        raise BadRecord("alert.signature_id is missing or not an integer")
-    timestamp = record.get("timestamp")
-    if not isinstance(timestamp, str):
-        raise BadRecord("timestamp is missing")
+    alert, sid, timestamp = alert_essentials(record)
     metadata = alert.get("metadata")
     metadata = metadata if isinstance(metadata, dict) else {}
     rule = rules.get(sid)

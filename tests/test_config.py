@@ -137,6 +137,7 @@ def test_seed_parameter_names_map_onto_the_settings_tree() -> None:
         "flowmon_filters": "Servers,8.8.8.8",
         "flowmon_user": "admin",
         "flowmon_pass": "s3cret-pass",
+        "source": "Flowmon ADS",  # misp_sighting_script.bash
     }
     assert set(seed) == set(SEED_PARAMETERS)
     overrides = overrides_from_seed_parameters(seed)
@@ -148,6 +149,7 @@ def test_seed_parameter_names_map_onto_the_settings_tree() -> None:
     assert settings.export.to_ids is False  # the seed read "0" as on
     assert settings.export.distribution is Distribution.COMMUNITY
     assert settings.export.ip_filters == ["Servers", "8.8.8.8"]
+    assert settings.sightings.source == "Flowmon ADS"
     assert settings.flowmon.user == "admin"
     assert settings.flowmon.password.get_secret_value() == "s3cret-pass"
 
