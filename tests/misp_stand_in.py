@@ -42,6 +42,14 @@ def mock_connection(rsps: responses.RequestsMock, url: str = URL,
     rsps.get(f"{url}/attributes/describeTypes.json", json={"result": describe_types})
 
 
+def point_settings_at_stand_in(monkeypatch: Any, retries: int = 1) -> None:
+    """MISP_NDR_MISP__* for the stand-in, with quick per-request retries."""
+    monkeypatch.setenv("MISP_NDR_MISP__URL", URL)
+    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", API_KEY)
+    monkeypatch.setenv("MISP_NDR_MISP__RETRIES", str(retries))
+    monkeypatch.setenv("MISP_NDR_MISP__RETRY_BACKOFF", "0")
+
+
 def _json(status: int, body: Any) -> Answer:
     return status, {"Content-Type": "application/json"}, json.dumps(body)
 

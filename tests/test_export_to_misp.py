@@ -15,17 +15,14 @@ from flows.export import ExportSource, export_detections
 from tasks.export_report import ExportIncomplete
 from tasks.misp_events import event_uuid
 from tests.conftest import SAMPLES
-from tests.misp_stand_in import API_KEY, URL, MispStandIn
+from tests.misp_stand_in import API_KEY, URL, MispStandIn, point_settings_at_stand_in
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture
 def misp(monkeypatch: pytest.MonkeyPatch) -> Iterator[MispStandIn]:
-    monkeypatch.setenv("MISP_NDR_MISP__URL", URL)
-    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", API_KEY)
-    monkeypatch.setenv("MISP_NDR_MISP__RETRIES", "1")
-    monkeypatch.setenv("MISP_NDR_MISP__RETRY_BACKOFF", "0")
+    point_settings_at_stand_in(monkeypatch)
     monkeypatch.setenv("MISP_NDR_EXPORT__TAG", "flowmon-ads")
     monkeypatch.setenv("MISP_NDR_EXPORT__TO_IDS", "1")
     monkeypatch.setenv("MISP_NDR_EXPORT__DISTRIBUTION", "1")

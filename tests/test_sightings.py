@@ -24,7 +24,7 @@ from tasks.sighting_hits import normalize_hits
 from tasks.sighting_ledger import PENDING, SightingLedger
 from tasks.sighting_plan import plan_sightings
 from tests.conftest import SAMPLES
-from tests.misp_stand_in import API_KEY, URL, MispStandIn
+from tests.misp_stand_in import MispStandIn, point_settings_at_stand_in
 
 EVIL = "d363c9bc-4c6c-5f18-8be9-2e61c68bcade"
 C2 = "e9df804d-50c8-5644-ba64-6657a2889cb4"
@@ -124,10 +124,7 @@ def test_a_blacklist_event_that_names_no_list_is_reported_not_dropped() -> None:
 
 @pytest.fixture
 def misp(monkeypatch: pytest.MonkeyPatch) -> Iterator[MispStandIn]:
-    monkeypatch.setenv("MISP_NDR_MISP__URL", URL)
-    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", API_KEY)
-    monkeypatch.setenv("MISP_NDR_MISP__RETRIES", "1")
-    monkeypatch.setenv("MISP_NDR_MISP__RETRY_BACKOFF", "0")
+    point_settings_at_stand_in(monkeypatch)
     monkeypatch.setenv("MISP_NDR_RULES__EVENT_TAGS", "misp-ndr:demo")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         stand_in = MispStandIn(rsps)

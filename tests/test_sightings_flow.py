@@ -22,7 +22,7 @@ from misp_ndr.demo import SAMPLE_AGE_DAYS
 from tasks.run_state import RunWatermarks
 from tasks.sightings_report import SightingsIncomplete
 from tests.conftest import SAMPLES
-from tests.misp_stand_in import API_KEY, URL, MispStandIn
+from tests.misp_stand_in import MispStandIn, point_settings_at_stand_in
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -41,9 +41,7 @@ def build_demo_rules() -> None:
 @pytest.fixture
 def misp(monkeypatch: pytest.MonkeyPatch) -> Iterator[MispStandIn]:
     """MISP holding the bundled feed's events."""
-    monkeypatch.setenv("MISP_NDR_MISP__URL", URL)
-    monkeypatch.setenv("MISP_NDR_MISP__API_KEY", API_KEY)
-    monkeypatch.setenv("MISP_NDR_MISP__RETRIES", "0")
+    point_settings_at_stand_in(monkeypatch, retries=0)
     fast_retry = flows.sightings.deliver_sightings_to_misp_task.with_options(
         retry_delay_seconds=0)
     monkeypatch.setattr(flows.sightings, "deliver_sightings_to_misp_task", fast_retry)
