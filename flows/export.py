@@ -21,6 +21,7 @@ from tasks.flowmon_batch import read_flowmon_batch_task
 from tasks.flowmon_window import advance_flowmon_watermark_task, flowmon_window_task
 from tasks.indicators import select_export_indicators_task
 from tasks.misp_events import build_event_drafts_task
+from tasks.spooled_input import discard_spooled_input_task
 from tasks.suricata import read_suricata_alerts_task
 from tasks.user_ip_filters import resolve_ip_filters_task
 
@@ -49,6 +50,7 @@ def export_detections(
     ip_filters: list[str] | None = None,
     publish: bool | None = None,
     state_dir: str | None = None,
+    discard_input: bool = False,
 ) -> ExportReport:
     """Read one batch of detections, keep their external indicators, deliver one MISP event
     per detection. Unset parameters fall back to the MISP_NDR_* configuration."""
@@ -86,6 +88,8 @@ def export_detections(
     publish_export_report_task(report)
     if not report.succeeded:
         raise ExportIncomplete(report)
+    if discard_input and input_path:
+        discard_spooled_input_task(input_path)
     return report
 
 

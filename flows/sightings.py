@@ -30,6 +30,7 @@ from tasks.sightings_report import (
     publish_sightings_report_task,
     summarize_sightings,
 )
+from tasks.spooled_input import discard_spooled_input_task
 from tasks.suricata_hits import read_suricata_hits_task
 
 
@@ -53,6 +54,7 @@ def submit_sightings(
     window_minutes: int | None = None,
     timezone: str | None = None,
     state_dir: str | None = None,
+    discard_input: bool = False,
 ) -> SightingsReport:
     """Read one batch of sensor hits, aggregate them, add one MISP sighting per indicator,
     sensor and window. Unset parameters fall back to the MISP_NDR_* configuration."""
@@ -93,6 +95,8 @@ def submit_sightings(
     publish_sightings_report_task(report)
     if not report.succeeded:
         raise SightingsIncomplete(report)
+    if discard_input and input_path:
+        discard_spooled_input_task(input_path)
     return report
 
 

@@ -89,14 +89,15 @@ def require_flowmon(settings: Settings) -> None:
 
 def report_run(call: Callable[[], Any], incomplete: type[Exception],
                spooled: Path | None) -> int:
-    """Run a job, print its report; exit 1 when it could not deliver everything."""
+    """Run a job, print its report; exit 1 when it could not deliver everything. The run
+    deletes a spooled batch once handled; a failed run keeps it for a re-run."""
     try:
         report = call()
     except incomplete as exc:
         typer.echo(exc.report.render_text())  # type: ignore[attr-defined]
-        finish_spooled(spooled, succeeded=False)
+        if spooled:
+            typer.echo(f"the input batch is kept at {spooled}; re-run with --input {spooled}")
         return EXIT_FAILED
-    finish_spooled(spooled, succeeded=True)
     typer.echo(report.render_text())
     return 0
 
@@ -112,14 +113,6 @@ def input_file(input_path: str | None, state_dir: Path, *, stdin_default: bool,
         spooled = spool_stdin(state_dir)
         return str(spooled), spooled
     return str(input_path), None
-
-
-def finish_spooled(spooled: Path | None, succeeded: bool) -> None:
-    """A batch read from stdin is deleted once handled, else kept for a re-run."""
-    if spooled and succeeded:
-        spooled.unlink()
-    elif spooled:
-        typer.echo(f"the input batch is kept at {spooled}; re-run with --input {spooled}")
 
 
 @app.command()
@@ -180,7 +173,8 @@ def export(
                 until=moment_option(until), feed_dir=str(feed_dir), feed_only=feed_only,
                 dry_run=dry_run, timezone=timezone, tag=tag, to_ids=to_ids,
                 distribution=Distribution(distribution) if distribution is not None else None,
-                ip_filters=ip_filter, publish=publish), ExportIncomplete, spooled)
+                ip_filters=ip_filter, publish=publish, discard_input=spooled is not None),
+            ExportIncomplete, spooled)
 
     run_guarded(run)
 
@@ -239,7 +233,8 @@ def sightings(
                 source=chosen, input_path=path, sid_map=str(sid_map) if sid_map else None,
                 source_name=source_name, out_file=str(out) if out else None,
                 file_only=file_only, since=moment_option(since), until=moment_option(until),
-                window_minutes=window_minutes, timezone=timezone), SightingsIncomplete, spooled)
+                window_minutes=window_minutes, timezone=timezone,
+                discard_input=spooled is not None), SightingsIncomplete, spooled)
 
     run_guarded(run)
 
@@ -324,6 +319,77 @@ def check() -> None:
             FlowmonClient(settings.flowmon).filters()
             typer.echo(f"Flowmon: logged in to {settings.flowmon.url}, ADS filters readable")
         return 0 if healthy else EXIT_FAILED
+
+    run_guarded(run)
+
+
+def require_prefect_server() -> None:
+    """Deployments and webhook runs belong on a lasting server, not an ephemeral one."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError("PREFECT_API_URL is not set: point it at your Prefect server, e.g. "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api")
+
+
+@app.command()
+def deploy(
+    serve: Annotated[bool, typer.Option(
+        help="run the deployments' flow runs in this process instead of on a work pool's "
+        "workers (stops with Ctrl-C)")] = False,
+) -> None:
+    """Register the three jobs as deployments on the Prefect server (PREFECT_API_URL), with
+    their schedules (MISP_NDR_RULES__SCHEDULE_*, MISP_NDR_EXPORT__POLL_MINUTES,
+    MISP_NDR_SIGHTINGS__POLL_MINUTES) on the work pool MISP_NDR_DEPLOY__WORK_POOL."""
+    from deployments.definitions import Job, deployment_path
+    from deployments.register import deploy_to_work_pool, serve_deployments
+
+    def run() -> int:
+        settings = load_settings()
+        require_prefect_server()
+        if serve:
+            serve_deployments(settings)
+            return 0
+        deploy_to_work_pool(settings)
+        for job in Job:
+            typer.echo(f"deployed {deployment_path(settings, job)}")
+        typer.echo(f"run them with: prefect worker start --pool {settings.deploy.work_pool}")
+        return 0
+
+    run_guarded(run)
+
+
+@app.command()
+def webhook(
+    drain: Annotated[bool, typer.Option(
+        help="submit the payloads kept while Prefect was unreachable, then exit")] = False,
+    host: Annotated[str | None, typer.Option(help="overrides MISP_NDR_WEBHOOK__HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="overrides MISP_NDR_WEBHOOK__PORT")] = None,
+) -> None:
+    """Serve POST /hooks/export, /hooks/sightings, /hooks/update-rules: each accepted
+    payload becomes a run of the job's deployment. Needs MISP_NDR_WEBHOOK__TOKEN."""
+    from misp_ndr.webhook.app import create_app, drain_spool, spool_directory
+    from misp_ndr.webhook.submit import DeploymentSubmitter
+
+    def run() -> int:
+        settings = load_settings({"webhook": {"host": host, "port": port}})
+        options = settings.webhook
+        if options.token is None:
+            raise ConfigError("MISP_NDR_WEBHOOK__TOKEN is not set, and the receiver never runs "
+                              "open: set a secret of 16+ characters (openssl rand -hex 32) or "
+                              "prefect-secret:<Secret block name>")
+        require_prefect_server()
+        submitter = DeploymentSubmitter(settings)
+        if drain:
+            submitted, left = drain_spool(spool_directory(settings), submitter)
+            typer.echo(f"submitted {submitted} kept payload(s); {left} still pending")
+            return 0 if left == 0 else EXIT_FAILED
+        import uvicorn
+
+        uvicorn.run(create_app(settings, submitter), host=options.host, port=options.port,
+                    ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
+                    log_level="info")
+        return 0
 
     run_guarded(run)
 

@@ -28,8 +28,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from misp_ndr.errors import ConfigError
+from misp_ndr.secret_blocks import resolve_secret_reference
 
 ENV_PREFIX = "MISP_NDR_"
+MIN_TOKEN_CHARS = 16
 PLACEHOLDER_SECRETS = {
     "changeme", "change-me", "your-api-key", "api-key", "secret", "xxx", "password",
 }
@@ -44,7 +46,9 @@ class Distribution(IntEnum):
     ALL_COMMUNITIES = 3
 
 
-def _reject_placeholder(secret: SecretStr | None, what: str) -> SecretStr | None:
+def _usable_secret(secret: SecretStr | None, what: str) -> SecretStr | None:
+    """Also where a `prefect-secret:<block>` reference is replaced by the block's value."""
+    secret = resolve_secret_reference(secret)
     if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
         raise ValueError(f"{what} is a placeholder; set the real one")
     return secret
@@ -85,7 +89,7 @@ class MispSettings(TlsClientSettings):
     @field_validator("api_key")
     @classmethod
     def _api_key_not_placeholder(cls, key: SecretStr | None) -> SecretStr | None:
-        return _reject_placeholder(key, "the MISP API key")
+        return _usable_secret(key, "the MISP API key")
 
     @model_validator(mode="after")
     def _key_with_url(self) -> MispSettings:
@@ -129,7 +133,7 @@ class FlowmonSettings(TlsClientSettings):
     @field_validator("password")
     @classmethod
     def _password_not_placeholder(cls, password: SecretStr | None) -> SecretStr | None:
-        return _reject_placeholder(password, "the Flowmon password")
+        return _usable_secret(password, "the Flowmon password")
 
     @model_validator(mode="after")
     def _credentials_with_url(self) -> FlowmonSettings:
@@ -143,6 +147,15 @@ class FlowmonSettings(TlsClientSettings):
     @property
     def configured(self) -> bool:
         return self.url is not None
+
+
+def split_filter_list(text: str) -> list[str]:
+    """A comma-separated (or JSON) list of IP filters, as env vars and query strings give it."""
+    stripped = text.strip()
+    if stripped.startswith("["):
+        return json.loads(stripped)
+    # commas inside {1,5,9} belong to an ADS pattern, not to the list
+    return [part.strip() for part in re.split(r",(?![^{]*\})", stripped) if part.strip()]
 
 
 class ExportSettings(BaseModel):
@@ -166,17 +179,14 @@ class ExportSettings(BaseModel):
         "auto", description="'auto' follows detection priority; 1 high .. 4 undefined"
     )
     analysis: Literal[0, 1, 2] = Field(0, description="0 initial, 1 ongoing, 2 completed")
+    poll_minutes: int = Field(
+        0, ge=0, le=24 * 60, description="deployed: export from the Flowmon ADS API every N "
+        "minutes (0: no polling schedule)")
 
     @field_validator("ip_filters", mode="before")
     @classmethod
     def _split_filters(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            stripped = value.strip()
-            if stripped.startswith("["):
-                return json.loads(stripped)
-            # commas inside {1,5,9} belong to an ADS pattern, not to the list
-            return [part.strip() for part in re.split(r",(?![^{]*\})", stripped) if part.strip()]
-        return value
+        return split_filter_list(value) if isinstance(value, str) else value
 
     @field_validator("ip_filters")
     @classmethod
@@ -237,6 +247,7 @@ class RulesSettings(BaseModel):
     schedule_start_date: date | None = Field(None, description="first automatic update (UTC)")
     schedule_time_utc: time = Field(time(3, 0), description="time of day of automatic updates")
     schedule_every_days: int = Field(1, ge=1, le=365)
+    schedule_active: bool = Field(True, description="deployed: the automatic update runs")
 
     @field_validator("event_tags", "exclude_tags", mode="before")
     @classmethod
@@ -275,6 +286,9 @@ class SightingsSettings(BaseModel):
         Path("out/sightings.jsonl"),
         description="with no MISP configured, sightings are appended here as JSON lines",
     )
+    poll_minutes: int = Field(
+        0, ge=0, le=24 * 60, description="deployed: read ADS BLACKLIST hits from the Flowmon "
+        "API every N minutes (0: no polling schedule)")
 
     @field_validator("flowmon_blacklists", mode="before")
     @classmethod
@@ -289,6 +303,64 @@ class SightingsSettings(BaseModel):
         if not source.isprintable() or not source.strip():
             raise ValueError("must be printable text on one line")
         return source.strip()
+
+
+class WebhookSettings(BaseModel):
+    """`misp-ndr webhook`: the HTTP receiver sensors post their batches to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
+    port: int = Field(8181, ge=1, le=65535)
+    token: SecretStr | None = Field(
+        None, description="shared secret: a bearer token, or the key of an HMAC-SHA256 "
+        "body signature; unset = the receiver refuses to start")
+    max_body_bytes: int = Field(64 * 2**20, ge=1024, le=2**31, description="larger bodies: 413")
+    signature_max_age_seconds: int = Field(
+        300, ge=10, le=3600, description="signed requests older (or newer) than this are "
+        "refused as replays")
+    spool_dir: Path | None = Field(
+        None, description="where payloads are kept until their run succeeds; default "
+        "<state_dir>/webhook-spool; the workers must see the same path")
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+
+    @field_validator("token")
+    @classmethod
+    def _strong_token(cls, token: SecretStr | None) -> SecretStr | None:
+        token = _usable_secret(token, "the webhook token")
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"the webhook token needs at least {MIN_TOKEN_CHARS} characters "
+                             "(e.g. the output of: openssl rand -hex 32)")
+        return token
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} is not a readable file")
+        return path
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> WebhookSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key, or neither "
+                             "(MISP_NDR_WEBHOOK__TLS_CERT, MISP_NDR_WEBHOOK__TLS_KEY)")
+        return self
+
+
+class DeploySettings(BaseModel):
+    """`misp-ndr deploy`: how the three jobs are registered with a Prefect server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("misp-ndr", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="deployment name, the same for the three flows")
+    work_pool: str = Field("misp-ndr", min_length=1,
+                           description="process work pool the workers poll; created if missing")
+    working_dir: Path | None = Field(
+        None, description="directory flow runs start in on the workers (relative settings "
+        "paths resolve there); default: the directory misp-ndr deploy runs in")
 
 
 class Settings(BaseSettings):
@@ -307,13 +379,13 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     sightings: SightingsSettings = Field(default_factory=SightingsSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
     state_dir: Path = Field(
         Path(".misp-ndr"),
         description="run watermarks, export and sighting ledgers, spooled input batches",
     )
 
-
-SECRET_FIELDS = {"api_key", "password"}
 
 FIX_HINTS: dict[str, str] = {
     "distribution": "use 0 (own organisation), 1 (community), 2 (connected) or 3 (all)",

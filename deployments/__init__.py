@@ -1,0 +1,1 @@
+"""The three jobs as Prefect deployments (see `deployments.definitions`)."""

@@ -1,0 +1,57 @@
+"""The shared secret: a bearer token, or an HMAC-SHA256 signature of timestamp and body.
+
+Comparisons are constant-time. A signature covers `<timestamp>.<body>` and is refused
+outside a window around the receiver's clock, so a captured request cannot be replayed
+later; within the window a replay is the same payload, which the spool turns into nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+
+from pydantic import SecretStr
+
+SIGNATURE_HEADER = "x-misp-ndr-signature"
+TIMESTAMP_HEADER = "x-misp-ndr-timestamp"
+SIGNATURE_PREFIX = "sha256="
+
+
+class AuthFailure(Exception):
+    """Why a request was refused (sent back with 401; never contains the secret)."""
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header's value, as the sensor scripts compute it with openssl."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return SIGNATURE_PREFIX + mac.hexdigest()
+
+
+def has_bearer(headers: Mapping[str, str]) -> bool:
+    return "authorization" in headers
+
+
+def check_bearer(headers: Mapping[str, str], secret: SecretStr) -> None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthFailure("Authorization must be 'Bearer <token>'")
+    if not hmac.compare_digest(token.strip().encode(), secret.get_secret_value().encode()):
+        raise AuthFailure("wrong token")
+
+
+def check_signature(headers: Mapping[str, str], body: bytes, secret: SecretStr,
+                    max_age_seconds: int, now: float | None = None) -> None:
+    signature, stamp = headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER)
+    if not signature or not stamp:
+        raise AuthFailure("missing credentials: send 'Authorization: Bearer <token>', or "
+                          f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} (HMAC-SHA256)")
+    if not stamp.isdigit():
+        raise AuthFailure(f"{TIMESTAMP_HEADER} must be Unix seconds")
+    if abs((now or time.time()) - int(stamp)) > max_age_seconds:
+        raise AuthFailure(f"{TIMESTAMP_HEADER} is more than {max_age_seconds} s away from "
+                          "the receiver's clock (a replay, or a clock to fix)")
+    expected = sign(secret.get_secret_value(), int(stamp), body)
+    if not hmac.compare_digest(signature.strip().encode(), expected.encode()):
+        raise AuthFailure("wrong signature")
