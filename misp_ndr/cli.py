@@ -417,6 +417,8 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> Any:
+    # Our loggers also log outside flow runs (the webhook receiver, deploy): not to the API.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # The ephemeral Prefect server's telemetry heartbeat cannot reach out from a SOC
     # network and races its own SQLite start-up ("database is locked"); opt in explicitly.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -1,0 +1,94 @@
+"""The MISP stand-in's routes served by a real HTTP server on 127.0.0.1.
+
+Flow runs started by a Prefect worker live in other processes, where `responses` cannot
+reach; this router takes the same registrations as `responses.RequestsMock` (`add_callback`,
+`get`), so `MispStandIn` answers them over real HTTP with the same state and logic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Answer = tuple[int, dict[str, str], str]
+
+
+@dataclass
+class Request:
+    """What the stand-in's callbacks read of a request (as `responses` hands them)."""
+
+    method: str
+    url: str
+    body: bytes
+
+
+class LoopbackRouter:
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Callable[[Request], Answer]]] = []
+        self._lock = threading.Lock()  # the stand-in's state is not thread-safe
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def add_callback(self, method: str, url: str | re.Pattern[str],
+                     callback: Callable[[Request], Answer]) -> None:
+        pattern = url if isinstance(url, re.Pattern) else re.compile(re.escape(url))
+        self._routes.append((method, pattern, callback))
+
+    def get(self, url: str, json: Any) -> None:
+        body = _dumps(json)
+        self.add_callback("GET", url, lambda _: (200, {"Content-Type": "application/json"},
+                                                 body))
+
+    def answer(self, request: Request) -> Answer:
+        for method, pattern, callback in self._routes:
+            if method == request.method and pattern.fullmatch(request.url.split("?")[0]):
+                with self._lock:
+                    return callback(request)
+        return 404, {}, f"no stand-in route for {request.method} {request.url}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        router = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _dispatch(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = Request(self.command, router.url + self.path, self.rfile.read(length))
+                try:
+                    status, headers, body = router.answer(request)
+                except Exception as exc:  # an assertion of the stand-in: visible as a 500
+                    status, headers, body = 500, {}, f"stand-in error: {exc!r}"
+                data = body.encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _dispatch
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value)
+
+
+@contextmanager
+def serving(router: LoopbackRouter) -> Iterator[LoopbackRouter]:
+    thread = threading.Thread(target=router.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield router
+    finally:
+        router.server.shutdown()
+        router.server.server_close()
