@@ -165,3 +165,24 @@ def test_method_tag_template_with_unknown_field_is_refused(
     monkeypatch.setenv("MISP_NDR_EXPORT__METHOD_TAG_TEMPLATE", "ads:{methd}")
     with pytest.raises(ConfigError, match="MISP_NDR_EXPORT__METHOD_TAG_TEMPLATE"):
         load_settings()
+
+
+@pytest.mark.parametrize(("token", "problem"), [
+    ("short-token", "at least 16 characters"),
+    ("changeme", "placeholder"),
+])
+def test_a_weak_webhook_token_is_refused(monkeypatch: pytest.MonkeyPatch, token: str,
+                                         problem: str) -> None:
+    monkeypatch.setenv("MISP_NDR_WEBHOOK__TOKEN", token)
+    with pytest.raises(ConfigError, match=f"MISP_NDR_WEBHOOK__TOKEN: .*{problem}") as raised:
+        load_settings()
+    assert token not in str(raised.value)
+
+
+def test_webhook_tls_needs_both_certificate_and_key(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("MISP_NDR_WEBHOOK__TLS_CERT", str(cert))
+    with pytest.raises(ConfigError, match="set both tls_cert and tls_key"):
+        load_settings()
