@@ -53,7 +53,26 @@ def export_detections(
     discard_input: bool = False,
 ) -> ExportReport:
     """Read one batch of detections, keep their external indicators, deliver one MISP event
-    per detection. Unset parameters fall back to the MISP_NDR_* configuration."""
+    per detection. Unset parameters fall back to the MISP_NDR_* configuration.
+
+    Args:
+        source: flowmon-api (ADS REST API), flowmon-stdin (a custom-script batch saved to
+            input_path) or suricata (eve.json at input_path).
+        input_path: the batch file, for flowmon-stdin and suricata.
+        since: flowmon-api window start; default: the end of the last successful window.
+        until: flowmon-api window end; default: now.
+        feed_dir: MISP feed directory written when no MISP URL is configured.
+        feed_only: write the MISP feed even when a MISP URL is configured.
+        dry_run: build the events and report them; send and record nothing.
+        timezone: IANA zone of the appliance clock, for flowmon-stdin times without offset.
+        tag: tag on every event (MISP_NDR_EXPORT__TAG).
+        to_ids: IDS flag of the attributes (MISP_NDR_EXPORT__TO_IDS).
+        distribution: 0 own organisation, 1 community, 2 connected, 3 all.
+        ip_filters: IPs, CIDRs, ADS patterns or ADS filter names never exported.
+        publish: publish the events (MISP_NDR_EXPORT__PUBLISH).
+        state_dir: ledgers and watermarks (MISP_NDR_STATE_DIR).
+        discard_input: delete input_path once the run succeeded (spooled batches).
+    """
     settings = load_settings({
         "export": {"tag": tag, "to_ids": to_ids, "distribution": distribution,
                    "ip_filters": ip_filters, "publish": publish},

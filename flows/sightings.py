@@ -57,7 +57,23 @@ def submit_sightings(
     discard_input: bool = False,
 ) -> SightingsReport:
     """Read one batch of sensor hits, aggregate them, add one MISP sighting per indicator,
-    sensor and window. Unset parameters fall back to the MISP_NDR_* configuration."""
+    sensor and window. Unset parameters fall back to the MISP_NDR_* configuration.
+
+    Args:
+        source: flowmon-api (ADS BLACKLIST events), flowmon-stdin (a custom-script batch at
+            input_path), suricata (eve.json alerts of our rules) or csv (value,time[,sensor]).
+        input_path: the batch file, for every source but flowmon-api.
+        sid_map: the sid map update-rules wrote; default: the one in the rules directory.
+        source_name: the sightings' source in MISP; {sensor} becomes the sensor's name.
+        out_file: JSON lines file written when no MISP is configured.
+        file_only: write the JSON lines file even when a MISP URL is configured.
+        since: flowmon-api window start; default: the end of the last successful window.
+        until: flowmon-api window end; default: now.
+        window_minutes: at most one sighting per indicator per sensor in this many minutes.
+        timezone: IANA zone of the appliance clock, for flowmon-stdin times without offset.
+        state_dir: ledgers and watermarks (MISP_NDR_STATE_DIR).
+        discard_input: delete input_path once the run succeeded (spooled batches).
+    """
     settings = load_settings({
         "sightings": {"source": source_name, "window_minutes": window_minutes,
                       "out_file": out_file},

@@ -38,7 +38,21 @@ def update_rules(
     state_dir: str | None = None,
 ) -> RulesReport:
     """Pull IDS indicators from MISP (or a MISP feed), rebuild the sensors' files, keep the
-    previous ruleset. Without `fast`, local customizations are applied to the new rules."""
+    previous ruleset. Without `fast`, local customizations are applied to the new rules.
+
+    Args:
+        since: window start; a window means a full rebuild of it. Default: the changes since
+            the last successful update.
+        until: window end; default: now.
+        max_age_days: leave out events older than this many days.
+        tags: pull only events with one of these tags.
+        exclude_tags: never pull events with these tags.
+        fast: rebuild from scratch and drop local customizations (backed up first).
+        feed: a MISP feed directory or URL to read instead of the MISP API.
+        output_dir: where the rule files go (MISP_NDR_RULES__OUTPUT_DIR).
+        allow_empty: accept an update that leaves no indicators at all.
+        state_dir: the indicator store, sids and watermark (MISP_NDR_STATE_DIR).
+    """
     settings = load_settings({
         "rules": {"output_dir": output_dir, "max_event_age_days": max_age_days,
                   "event_tags": tags, "exclude_tags": exclude_tags},

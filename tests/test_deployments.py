@@ -107,6 +107,9 @@ def test_the_ui_forms_offer_the_typed_options_of_each_job() -> None:
     assert export["definitions"]["ExportSource"]["enum"] == [
         "flowmon-api", "flowmon-stdin", "suricata"]
     assert export["definitions"]["Distribution"]["enum"] == [0, 1, 2, 3]
+    undocumented = [(flow, name) for flow, form in forms.items()
+                    for name, field in form["properties"].items() if not field.get("description")]
+    assert undocumented == []  # each form field carries its help text from the docstring
 
 
 def test_no_secret_is_stored_with_any_deployment(monkeypatch: pytest.MonkeyPatch) -> None:

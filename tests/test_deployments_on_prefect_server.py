@@ -62,8 +62,9 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def run(self, *command: str) -> str:
-        done = subprocess.run(command, cwd=self.root / "work", env=self.env, timeout=120,
+    def run(self, *command: str, **env: str) -> str:
+        done = subprocess.run(command, cwd=self.root / "work", env={**self.env, **env},
+                              timeout=120,
                               capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
@@ -171,6 +172,14 @@ def test_deploy_registers_three_deployments_with_the_automatic_update_schedule(
         deployment = httpx.get(f"{api}/deployments/name/{name}", timeout=10).json()
         assert deployment["schedules"] == []  # Flowmon polling is off by default
         assert "source" in deployment["parameter_openapi_schema"]["required"]
+
+    stack.run("misp-ndr", "deploy", MISP_NDR_RULES__SCHEDULE_TIME_UTC="05:30",
+              MISP_NDR_RULES__MAX_EVENT_AGE_DAYS="14")
+    redeployed = httpx.get(f"{api}/deployments/name/update-rules/misp-ndr", timeout=10).json()
+    assert redeployed["id"] == rules["id"]
+    (updated,) = redeployed["schedules"]  # updated in place, not a second schedule
+    assert "T053000" in updated["schedule"]["rrule"]
+    assert updated["parameters"] == {"max_age_days": 14}
 
 
 def test_webhook_runs_of_each_deployment_reach_misp_and_the_sensors_exactly_once(
