@@ -3,6 +3,7 @@ that an accepted payload is on disk and becomes exactly one run, Prefect up or d
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -212,6 +213,20 @@ def test_drain_submits_what_was_kept_while_prefect_was_down(
     assert drain_spool(spool, prefect) == (2, 0)
     assert sorted(job.value for job, _ in prefect.runs.values()) == ["export", "update-rules"]
     assert drain_spool(spool, prefect) == (0, 0)
+
+
+def test_payloads_submitted_long_ago_are_forgotten_when_the_receiver_starts(
+    client: TestClient, prefect: RecordingSubmitter,
+) -> None:
+    client.post("/hooks/export", content=BATCH, headers=BEARER)
+    spool = spool_directory(load_settings())
+    (entry_file,) = spool.directory.glob("*.json")
+    entry = json.loads(entry_file.read_text())
+    entry_file.write_text(json.dumps({**entry, "submitted": "2026-01-01T00:00:00+00:00"}))
+    create_app(load_settings(), prefect)
+    assert not entry_file.exists()
+    again = client.post("/hooks/export", content=BATCH, headers=BEARER).json()
+    assert not again["duplicate"] and len(prefect.runs) == 1  # Prefect's own key still holds
 
 
 def test_a_run_prefect_refuses_for_good_is_a_422_and_not_kept(

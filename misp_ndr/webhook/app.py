@@ -8,15 +8,16 @@ the Prefect API down the answer is 503 and the payload waits for a retry or `--d
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from deployments.definitions import Job
-from misp_ndr.config import Settings
+from misp_ndr.config import Settings, WebhookSettings
 from misp_ndr.webhook.auth import AuthFailure, check_bearer, check_signature, has_bearer
 from misp_ndr.webhook.payloads import CheckedPayload, PayloadError, check_payload
 from misp_ndr.webhook.spool import SpoolEntry, WebhookSpool, payload_key
@@ -28,6 +29,8 @@ RETRY_AFTER_SECONDS = 30
 # Without an Idempotency-Key header, update-rules requests with the same body in the same
 # slot of this many minutes are one trigger (its body alone would dedupe forever).
 UPDATE_RULES_SLOT_MINUTES = 10
+# How long a submitted payload is remembered, so that a sensor's late retry finds its run.
+SUBMITTED_ENTRIES_KEPT = timedelta(days=30)
 
 
 class TooLarge(Exception):
@@ -40,9 +43,14 @@ def spool_directory(settings: Settings) -> WebhookSpool:
 
 def create_app(settings: Settings, submitter: Submitter) -> FastAPI:
     """The receiver; `settings.webhook.token` must be set (the CLI refuses to start without)."""
-    if settings.webhook.token is None:
+    token = settings.webhook.token
+    if token is None:
         raise ValueError("the webhook receiver needs MISP_NDR_WEBHOOK__TOKEN")
     spool = spool_directory(settings)
+    pruned = spool.prune_submitted(SUBMITTED_ENTRIES_KEPT)
+    if pruned:
+        logger.info("forgot %d payload(s) submitted over %d days ago", pruned,
+                    SUBMITTED_ENTRIES_KEPT.days)
     app = FastAPI(title="misp-ndr webhook receiver", docs_url=None, redoc_url=None)
 
     @app.get("/health")
@@ -51,7 +59,7 @@ def create_app(settings: Settings, submitter: Submitter) -> FastAPI:
 
     def route(job: Job) -> None:
         async def hook(request: Request) -> JSONResponse:
-            return await receive(job, request, settings, spool, submitter)
+            return await receive(job, request, settings.webhook, token, spool, submitter)
 
         app.post(f"/hooks/{job.value}", status_code=202, name=f"hook-{job.value}")(hook)
 
@@ -60,10 +68,8 @@ def create_app(settings: Settings, submitter: Submitter) -> FastAPI:
     return app
 
 
-async def receive(job: Job, request: Request, settings: Settings, spool: WebhookSpool,
-                  submitter: Submitter) -> JSONResponse:
-    options, secret = settings.webhook, settings.webhook.token
-    assert secret is not None
+async def receive(job: Job, request: Request, options: WebhookSettings, secret: SecretStr,
+                  spool: WebhookSpool, submitter: Submitter) -> JSONResponse:
     try:
         if has_bearer(request.headers):
             check_bearer(request.headers, secret)
@@ -145,7 +151,7 @@ async def bounded_body(request: Request, limit: int) -> bytes:
 def _accepted(entry: SpoolEntry, checked: CheckedPayload | None,
               duplicate: bool) -> dict[str, Any]:
     return {"flow_run_id": entry.flow_run_id, "job": entry.job, "duplicate": duplicate,
-            "idempotency_key": entry.key, **(checked.summary() if checked else entry.extra)}
+            "idempotency_key": entry.key, **(checked.summary() if checked else entry.summary)}
 
 
 def _slot(job: Job) -> str | None:

@@ -38,7 +38,7 @@ class SpoolEntry:
     received: str
     flow_run_id: str | None = None
     submitted: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # what validation found
+    summary: dict[str, Any] = field(default_factory=dict)  # what validation found
 
     @property
     def pending(self) -> bool:
@@ -56,14 +56,14 @@ class WebhookSpool:
         return SpoolEntry(**json.loads(path.read_text(encoding="utf-8")))
 
     def keep(self, key: str, job: str, parameters: dict[str, Any], body: bytes | None,
-             extra: dict[str, Any]) -> SpoolEntry:
+             summary: dict[str, Any]) -> SpoolEntry:
         """Write the payload, then the entry that points at it (both fsynced)."""
         parameters = dict(parameters)
         if body is not None:
             payload = self.directory / f"{key}{PAYLOAD_SUFFIX}"
             write_atomically(payload, body, PAYLOAD_MODE)
             parameters["input_path"] = str(payload)
-        entry = SpoolEntry(key, job, parameters, _now(), extra=extra)
+        entry = SpoolEntry(key, job, parameters, _now(), summary=summary)
         self._save(entry)
         return entry
 

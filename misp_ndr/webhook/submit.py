@@ -47,6 +47,6 @@ class DeploymentSubmitter:
                 raise RunRefused(f"Prefect refused the run ({status}): "
                                  f"{exc.response.text[:300]}") from None
             raise PrefectUnavailable(f"Prefect API answered {status}") from None
-        except (httpx.HTTPError, OSError, RuntimeError) as exc:
+        except (httpx.HTTPError, OSError) as exc:
             raise PrefectUnavailable(f"Prefect API unreachable ({type(exc).__name__})") from None
         return str(run.id)
