@@ -11,7 +11,7 @@ SHARED_FILE_MODE = 0o644  # mkstemp makes 0600: a web server or sensor must read
 
 
 def write_atomically(path: Path, data: bytes, mode: int = SHARED_FILE_MODE) -> None:
-    """Temp file in the same directory, fsync, chmod, rename."""
+    """Temp file in the same directory, fsync, chmod, rename, fsync of the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -24,3 +24,13 @@ def write_atomically(path: Path, data: bytes, mode: int = SHARED_FILE_MODE) -> N
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """The rename itself survives a power cut only once the directory entry is on disk."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

@@ -79,6 +79,13 @@ def test_wrong_or_missing_credentials_get_401_and_nothing_is_kept_or_run(
     assert not prefect.runs and not spooled(tmp_path)
 
 
+def test_credentials_are_checked_before_a_large_body_is_read(client: TestClient) -> None:
+    big = BATCH * 20
+    stale = {TIMESTAMP_HEADER: "1", SIGNATURE_HEADER: "sha256=00"}
+    for headers in (stale, {"Authorization": "Bearer wrong"}):
+        assert client.post("/hooks/export", content=big, headers=headers).status_code == 401
+
+
 def test_an_hmac_signed_body_is_accepted_and_a_tampered_one_refused(
     client: TestClient, prefect: RecordingSubmitter,
 ) -> None:
@@ -117,6 +124,9 @@ def test_an_oversize_body_gets_413_declared_or_streamed(
     ("export", {"distribution": "7"}, BATCH, "distribution"),
     ("export", {"misp_api_key": "x"}, BATCH, "misp_api_key"),
     ("export", {"timezone": "Mars/Olympus"}, BATCH, "unknown time zone"),
+    ("export", {"ip_filters": "10.0.0.0/33"}, BATCH, "ip_filters: invalid IP pattern"),
+    ("export", {"tag": ""}, BATCH, "tag: String should have at least 1 character"),
+    ("sightings", {"source_name": "a\nb"}, BATCH, "source_name: must be printable"),
     ("sightings", {"source": "zeek"}, BATCH, "source"),
     ("update-rules", {}, b'{"fast": "perhaps"}', "fast"),
     ("update-rules", {"fast": "1"}, b"", "JSON body, not as query parameters"),

@@ -18,7 +18,13 @@ from starlette.concurrency import run_in_threadpool
 
 from deployments.definitions import Job
 from misp_ndr.config import Settings, WebhookSettings
-from misp_ndr.webhook.auth import AuthFailure, check_bearer, check_signature, has_bearer
+from misp_ndr.webhook.auth import (
+    AuthFailure,
+    check_bearer,
+    check_signature,
+    check_signature_headers,
+    has_bearer,
+)
 from misp_ndr.webhook.payloads import CheckedPayload, PayloadError, check_payload
 from misp_ndr.webhook.spool import SpoolEntry, WebhookSpool, payload_key
 from misp_ndr.webhook.submit import PrefectUnavailable, RunRefused, Submitter
@@ -70,12 +76,15 @@ def create_app(settings: Settings, submitter: Submitter) -> FastAPI:
 
 async def receive(job: Job, request: Request, options: WebhookSettings, secret: SecretStr,
                   spool: WebhookSpool, submitter: Submitter) -> JSONResponse:
+    bearer = has_bearer(request.headers)
     try:
-        if has_bearer(request.headers):
+        if bearer:
             check_bearer(request.headers, secret)
+        else:
+            check_signature_headers(request.headers, options.signature_max_age_seconds)
         body = await bounded_body(request, options.max_body_bytes)
-        if not has_bearer(request.headers):
-            check_signature(request.headers, body, secret, options.signature_max_age_seconds)
+        if not bearer:
+            check_signature(request.headers, body, secret)
     except TooLarge:
         return answer(413, detail=f"body larger than {options.max_body_bytes} bytes "
                                   "(MISP_NDR_WEBHOOK__MAX_BODY_BYTES); split the batch")

@@ -41,8 +41,9 @@ def check_bearer(headers: Mapping[str, str], secret: SecretStr) -> None:
         raise AuthFailure("wrong token")
 
 
-def check_signature(headers: Mapping[str, str], body: bytes, secret: SecretStr,
-                    max_age_seconds: int, now: float | None = None) -> None:
+def check_signature_headers(headers: Mapping[str, str], max_age_seconds: int,
+                            now: float | None = None) -> None:
+    """What can be refused before the body is read: a stranger gets no buffer."""
     signature, stamp = headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER)
     if not signature or not stamp:
         raise AuthFailure("missing credentials: send 'Authorization: Bearer <token>', or "
@@ -52,6 +53,10 @@ def check_signature(headers: Mapping[str, str], body: bytes, secret: SecretStr,
     if abs((now or time.time()) - int(stamp)) > max_age_seconds:
         raise AuthFailure(f"{TIMESTAMP_HEADER} is more than {max_age_seconds} s away from "
                           "the receiver's clock (a replay, or a clock to fix)")
-    expected = sign(secret.get_secret_value(), int(stamp), body)
-    if not hmac.compare_digest(signature.strip().encode(), expected.encode()):
+
+
+def check_signature(headers: Mapping[str, str], body: bytes, secret: SecretStr) -> None:
+    """After `check_signature_headers`: the signature of this body."""
+    expected = sign(secret.get_secret_value(), int(headers[TIMESTAMP_HEADER]), body)
+    if not hmac.compare_digest(headers[SIGNATURE_HEADER].strip().encode(), expected.encode()):
         raise AuthFailure("wrong signature")

@@ -14,7 +14,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.definitions import Job
-from misp_ndr.config import Distribution, split_filter_list
+from misp_ndr.config import (
+    Distribution,
+    ExportSettings,
+    FlowmonSettings,
+    SightingsSettings,
+    split_filter_list,
+)
 from misp_ndr.errors import ConfigError
 from tasks.csv_hits import parse_hit_text
 from tasks.detections import ParseProblem
@@ -121,28 +127,52 @@ def _update_rules_payload(query: list[tuple[str, str]], body: bytes) -> CheckedP
     return CheckedPayload(options.model_dump(mode="json", exclude_none=True))
 
 
+# Option -> the settings field whose validators it must pass before the run is accepted: a
+# run created with a value its flow refuses would fail after the sensor dropped its copy.
+SETTINGS_OF_OPTION: dict[str, tuple[type[BaseModel], str]] = {
+    "tag": (ExportSettings, "tag"), "ip_filters": (ExportSettings, "ip_filters"),
+    "source_name": (SightingsSettings, "source"), "timezone": (FlowmonSettings, "timezone"),
+}
+
+
 def _options(model: type[BaseModel], query: list[tuple[str, str]]) -> Any:
     """Query items to a model: `ip_filters` may repeat and hold comma-separated entries."""
     values: dict[str, Any] = {}
+    for name, value in query:
+        if name == "ip_filters":
+            values.setdefault(name, []).extend(_filter_list(value))
+        elif name in values:
+            raise PayloadError(f"{name}: given more than once")
+        else:
+            values[name] = value
     try:
-        for name, value in query:
-            if name == "ip_filters":
-                values.setdefault(name, []).extend(split_filter_list(value))
-            elif name in values:
-                raise PayloadError(f"{name}: given more than once")
-            else:
-                values[name] = value
-        return model.model_validate(values)
+        options = model.model_validate(values)
     except ValidationError as exc:
         raise PayloadError(_first_error(exc)) from None
-    except ValueError as exc:  # a malformed JSON list of ip_filters
+    for name, (settings_model, field_name) in SETTINGS_OF_OPTION.items():
+        if getattr(options, name, None) is not None:
+            _check_as_setting(name, settings_model, field_name, getattr(options, name))
+    return options
+
+
+def _filter_list(text: str) -> list[str]:
+    try:
+        return split_filter_list(text)
+    except ValueError as exc:  # a malformed JSON list
         raise PayloadError(f"ip_filters: {exc}") from None
+
+
+def _check_as_setting(option: str, model: type[BaseModel], field_name: str, value: Any) -> None:
+    try:
+        model.model_validate({field_name: value})
+    except ValidationError as exc:
+        raise PayloadError(f"{option}: {_first_error(exc).split(': ', 1)[1]}") from None
 
 
 def _first_error(exc: ValidationError) -> str:
     item = exc.errors(include_url=False, include_input=False)[0]
     where = ".".join(str(part) for part in item["loc"]) or "body"
-    return f"{where}: {item['msg']}"
+    return f"{where}: {item['msg'].removeprefix('Value error, ')}"
 
 
 def _text(body: bytes) -> str:
