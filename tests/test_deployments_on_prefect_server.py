@@ -69,6 +69,16 @@ class Stack:
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
+    def start_server(self, name: str = "server") -> subprocess.Popen[bytes]:
+        """`prefect server start` on PREFECT_API_URL's port; its SQLite lives in PREFECT_HOME,
+        so a restarted server has the same deployments and runs."""
+        api = self.env["PREFECT_API_URL"]
+        port = api.rsplit(":", 1)[1].split("/")[0]
+        self.server = self.start(name, "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", port)
+        wait_until_up(f"{api}/health", self.server, self.root / f"{name}.log")
+        return self.server
+
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
@@ -117,9 +127,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, misp: MispStandIn) -> Iterat
     })
     stack = Stack(root, env)
     try:
-        server = stack.start("server", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(api_port))
-        wait_until_up(f"http://127.0.0.1:{api_port}/api/health", server, root / "server.log")
+        stack.start_server()
         stack.run("misp-ndr", "deploy")
         stack.start("worker", "prefect", "worker", "start", "--pool", "misp-ndr")
         receiver = stack.start("webhook", "misp-ndr", "webhook")
@@ -216,3 +224,29 @@ def test_webhook_runs_of_each_deployment_reach_misp_and_the_sensors_exactly_once
     assert again["duplicate"] and again["flow_run_id"] == export["flow_run_id"]
     assert len(runs_of(stack, "export-detections/misp-ndr")) == 1
     assert len(misp.events) == 5 and len(misp.sightings) == sightings_before
+
+
+def test_a_batch_posted_while_prefect_is_down_is_kept_and_drained_once_it_is_back(
+    stack: Stack, misp: MispStandIn,
+) -> None:
+    stack.server.terminate()
+    stack.server.wait(timeout=30)
+    eve = (SAMPLES / "eve.json").read_bytes()
+    refused = httpx.post(f"{stack.hooks}/export", content=eve,  # type: ignore[attr-defined]
+                         params={"source": "suricata", "tag": "after-outage"},
+                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert refused.status_code == 503 and refused.json()["kept"] is True
+    assert refused.headers["Retry-After"] == "30"
+    kept = stack.root / "state" / "webhook-spool" / f"{refused.json()['idempotency_key']}.batch"
+    assert kept.read_bytes() == eve
+
+    stack.start_server("server-restarted")
+    assert "submitted 1 kept payload(s); 0 still pending" in stack.run(
+        "misp-ndr", "webhook", "--drain")
+    (run,) = [r for r in runs_of(stack, "export-detections/misp-ndr")
+              if r["parameters"].get("tag") == "after-outage"]
+    wait_for_run(stack, run["id"])  # the worker outlived the outage
+    tagged = [event for event in misp.events.values()
+              if "after-outage" in {tag["name"] for tag in event["Tag"]}]
+    assert tagged and not kept.exists()
+    assert "submitted 0 kept payload(s)" in stack.run("misp-ndr", "webhook", "--drain")
