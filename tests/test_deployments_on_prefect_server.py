@@ -55,9 +55,9 @@ class Stack:
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root, self.env, self.processes = root, env, []
 
-    def start(self, name: str, *command: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *command: str, **env: str) -> subprocess.Popen[bytes]:
         log = self.root / f"{name}.log"
-        process = subprocess.Popen(command, cwd=self.root / "work", env=self.env,
+        process = subprocess.Popen(command, cwd=self.root / "work", env={**self.env, **env},
                                    stdout=log.open("wb"), stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
@@ -145,17 +145,16 @@ def post(stack: Stack, job: str, body: bytes, **query: Any) -> dict[str, Any]:
     return answer.json()
 
 
-def wait_for_run(stack: Stack, run_id: str) -> dict[str, Any]:
+def wait_for_run(stack: Stack, run_id: str, log: str = "worker") -> dict[str, Any]:
     api = stack.env["PREFECT_API_URL"]
     deadline = time.monotonic() + RUN_SECONDS
     while time.monotonic() < deadline:
         run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
         if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            assert run["state"]["type"] == "COMPLETED", stack.log("worker")[-4000:]
+            assert run["state"]["type"] == "COMPLETED", stack.log(log)[-4000:]
             return run
         time.sleep(1)
-    pytest.fail(f"run {run_id} not finished after {RUN_SECONDS} s:\n"
-                f"{stack.log('worker')[-4000:]}")
+    pytest.fail(f"run {run_id} not finished after {RUN_SECONDS} s:\n{stack.log(log)[-4000:]}")
 
 
 def runs_of(stack: Stack, deployment: str) -> list[dict[str, Any]]:
@@ -250,3 +249,19 @@ def test_a_batch_posted_while_prefect_is_down_is_kept_and_drained_once_it_is_bac
               if "after-outage" in {tag["name"] for tag in event["Tag"]}]
     assert tagged and not kept.exists()
     assert "submitted 0 kept payload(s)" in stack.run("misp-ndr", "webhook", "--drain")
+
+
+def test_deploy_serve_runs_its_deployments_without_a_worker(stack: Stack) -> None:
+    stack.start("serve", "misp-ndr", "deploy", "--serve", MISP_NDR_DEPLOY__NAME="served")
+    api = stack.env["PREFECT_API_URL"]
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while (found := httpx.get(f"{api}/deployments/name/update-rules/served", timeout=10)
+           ).status_code != 200:
+        assert time.monotonic() < deadline, stack.log("serve")[-3000:]
+        time.sleep(1)
+    assert found.json()["work_pool_name"] is None  # nothing for the pool's worker
+    run = httpx.post(f"{api}/deployments/{found.json()['id']}/create_flow_run", timeout=10,
+                     json={"parameters": {"feed": str(SAMPLES / "misp-feed"),
+                                          "max_age_days": 3650, "output_dir": "served-rules"}})
+    wait_for_run(stack, run.json()["id"], log="serve")
+    assert (stack.root / "work" / "served-rules" / "misp.rules").is_file()
