@@ -224,7 +224,7 @@ def test_misp_and_flowmon_credentials_are_accepted_but_never_sent_nor_printed(
     [run] = receiver.prefect.runs
     [request] = receiver.wire.requests
     what_left_the_sensor = repr([request, run.parameters]) + "".join(
-        path.read_text(errors="replace") for path in receiver.spool.iterdir())
+        path.read_text(errors="replace") for path in receiver.spool.rglob("*") if path.is_file())
     for value in secrets.values():
         assert value not in result.out + result.err
         assert value not in what_left_the_sensor

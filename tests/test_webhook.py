@@ -3,8 +3,8 @@ that an accepted payload is on disk and becomes exactly one run, Prefect up or d
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,10 +230,13 @@ def test_payloads_submitted_long_ago_are_forgotten_when_the_receiver_starts(
 ) -> None:
     client.post("/hooks/export", content=BATCH, headers=BEARER)
     spool = spool_directory(load_settings())
-    (entry_file,) = spool.directory.glob("*.json")
-    entry = json.loads(entry_file.read_text())
-    entry_file.write_text(json.dumps({**entry, "submitted": "2026-01-01T00:00:00+00:00"}))
+    (entry_file,) = (spool.directory / "submitted").glob("*.json")
+    fresh = spool.directory / "submitted" / "fresh.json"
+    fresh.write_text(entry_file.read_text())
+    long_ago = time.time() - 31 * 24 * 3600
+    os.utime(entry_file, (long_ago, long_ago))
     create_app(load_settings(), prefect)
+    assert fresh.exists()
     assert not entry_file.exists()
     again = client.post("/hooks/export", content=BATCH, headers=BEARER).json()
     assert not again["duplicate"] and len(prefect.runs) == 1  # Prefect's own key still holds

@@ -46,14 +46,18 @@ class SpoolEntry:
 
 
 class WebhookSpool:
+    """`<key>.batch` payloads; their entries in `pending/` until submitted, then in
+    `submitted/`, so that counting what waits never reads the whole history."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory.resolve()  # workers read payloads by this absolute path
 
     def entry(self, key: str) -> SpoolEntry | None:
-        path = self._entry_path(key)
-        if not path.is_file():
-            return None
-        return SpoolEntry(**json.loads(path.read_text(encoding="utf-8")))
+        for pending in (True, False):
+            path = self._entry_path(key, pending)
+            if path.is_file():
+                return SpoolEntry(**json.loads(path.read_text(encoding="utf-8")))
+        return None
 
     def keep(self, key: str, job: str, parameters: dict[str, Any], body: bytes | None,
              summary: dict[str, Any]) -> SpoolEntry:
@@ -70,34 +74,33 @@ class WebhookSpool:
     def mark_submitted(self, entry: SpoolEntry, flow_run_id: str) -> SpoolEntry:
         entry.flow_run_id, entry.submitted = flow_run_id, _now()
         self._save(entry)
+        self._entry_path(entry.key, pending=True).unlink(missing_ok=True)
         return entry
 
     def forget(self, entry: SpoolEntry) -> None:
         """A payload Prefect refused for good: nothing to retry."""
         Path(entry.parameters.get("input_path", "")).unlink(missing_ok=True)
-        self._entry_path(entry.key).unlink(missing_ok=True)
+        self._entry_path(entry.key, entry.pending).unlink(missing_ok=True)
 
     def pending(self) -> list[SpoolEntry]:
-        return [entry for entry in self._entries() if entry.pending]
+        keys = sorted(path.stem for path in (self.directory / "pending").glob(f"*{ENTRY_SUFFIX}"))
+        return [entry for key in keys if (entry := self.entry(key)) is not None]
 
     def prune_submitted(self, older_than: timedelta) -> int:
         """Entries of runs submitted long ago are no longer needed to spot a retry; their
         payload stays only if the run did not succeed (the flow deletes it on success)."""
-        limit = (datetime.now(UTC) - older_than).isoformat()
-        old = [e for e in self._entries() if e.submitted and e.submitted < limit]
-        for entry in old:
-            self._entry_path(entry.key).unlink(missing_ok=True)
+        limit = (datetime.now(UTC) - older_than).timestamp()
+        old = [path for path in (self.directory / "submitted").glob(f"*{ENTRY_SUFFIX}")
+               if path.stat().st_mtime < limit]
+        for path in old:
+            path.unlink(missing_ok=True)
         return len(old)
 
-    def _entries(self) -> list[SpoolEntry]:
-        keys = sorted(path.stem for path in self.directory.glob(f"*{ENTRY_SUFFIX}"))
-        return [entry for key in keys if (entry := self.entry(key)) is not None]
-
-    def _entry_path(self, key: str) -> Path:
-        return self.directory / f"{key}{ENTRY_SUFFIX}"
+    def _entry_path(self, key: str, pending: bool) -> Path:
+        return self.directory / ("pending" if pending else "submitted") / f"{key}{ENTRY_SUFFIX}"
 
     def _save(self, entry: SpoolEntry) -> None:
-        write_atomically(self._entry_path(entry.key),
+        write_atomically(self._entry_path(entry.key, entry.pending),
                          json.dumps(asdict(entry), sort_keys=True).encode(), PAYLOAD_MODE)
 
 
