@@ -41,7 +41,7 @@ class ExportOptions(BaseModel):
 
     source: Literal["flowmon-stdin", "suricata"] = "flowmon-stdin"
     timezone: str | None = None
-    tag: str | None = Field(None, min_length=1)
+    tag: str | None = None
     to_ids: bool | None = None
     distribution: Distribution | None = None
     ip_filters: list[str] | None = None
@@ -55,8 +55,8 @@ class SightingsOptions(BaseModel):
 
     source: Literal["flowmon-stdin", "suricata", "csv"] = "flowmon-stdin"
     timezone: str | None = None
-    source_name: str | None = Field(None, min_length=1, max_length=255)
-    window_minutes: int | None = Field(None, ge=0, le=7 * 24 * 60)
+    source_name: str | None = None
+    window_minutes: int | None = None
 
 
 class UpdateRulesOptions(BaseModel):
@@ -132,6 +132,7 @@ def _update_rules_payload(query: list[tuple[str, str]], body: bytes) -> CheckedP
 SETTINGS_OF_OPTION: dict[str, tuple[type[BaseModel], str]] = {
     "tag": (ExportSettings, "tag"), "ip_filters": (ExportSettings, "ip_filters"),
     "source_name": (SightingsSettings, "source"), "timezone": (FlowmonSettings, "timezone"),
+    "window_minutes": (SightingsSettings, "window_minutes"),
 }
 
 
