@@ -72,7 +72,9 @@ def print_table(figures: list[Figure]) -> None:
 
 
 def size_label(count: int) -> str:
-    return f"{count // 1_000_000}M" if count % 1_000_000 == 0 else f"{count // 1000}k"
+    if count % 1_000_000 == 0:
+        return f"{count // 1_000_000}M"
+    return f"{count // 1000}k" if count % 1000 == 0 else str(count)
 
 
 def _number(value: float) -> str:

@@ -85,6 +85,9 @@ class TlsClientSettings(BaseModel):
 class MispSettings(TlsClientSettings):
     url: HttpUrl | None = Field(None, description="MISP base URL; unset = write a MISP feed")
     api_key: SecretStr | None = None
+    concurrency: int = Field(
+        4, ge=1, le=32, description="requests in flight at once when sending events or "
+        "sightings; MISP's web workers are the limit")
 
     @field_validator("api_key")
     @classmethod

@@ -2,19 +2,23 @@
 
 Delivery is resumable: each event is recorded in the ledger right after MISP accepted it,
 so when a transient failure aborts the batch, Prefect's task retry (or the next run)
-sends only what is left.
+sends only what is left. Events go out a few at a time (`MISP_NDR_MISP__CONCURRENCY`):
+most of a request's time is MISP's, not ours.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from misp_ndr.config import Settings
+from misp_ndr.errors import AuthError, MispNdrError, TransientError
 from misp_ndr.task_policy import batch_task
 from tasks.export_ledger import ExportLedger
-from tasks.misp import MispClient
+from tasks.misp import MispClient, PushResult
+from tasks.misp_clients import PerThreadClients
 from tasks.misp_events import EventDraft
 from tasks.misp_feed import write_feed
 
@@ -38,32 +42,59 @@ def destination_name(settings: Settings, feed_dir: Path, to_misp: bool) -> str:
 
 
 def deliver_to_misp(drafts: list[EventDraft], settings: Settings) -> DeliveryResult:
-    ledger = ExportLedger(settings.state_dir / "export-ledger.sqlite")
-    result = DeliveryResult(destination_name(settings, Path(), to_misp=True))
-    known = ledger.fingerprints(result.destination, (d.uuid for d in drafts))
-    todo = [draft for draft in drafts if known.get(draft.uuid) != draft.fingerprint]
-    result.unchanged = len(drafts) - len(todo)
-    if not todo:
-        return result
+    """Up to `misp.concurrency` events in flight; each is recorded in the ledger as soon as
+    MISP accepted it. A transient or auth failure stops new sends, lets those in flight
+    finish (and be recorded), then aborts the batch for a retry of what is left."""
+    with ExportLedger(settings.state_dir / "export-ledger.sqlite") as ledger:
+        result = DeliveryResult(destination_name(settings, Path(), to_misp=True))
+        known = ledger.fingerprints(result.destination, (d.uuid for d in drafts))
+        todo = [draft for draft in drafts if known.get(draft.uuid) != draft.fingerprint]
+        result.unchanged = len(drafts) - len(todo)
+        if todo:
+            _send(todo, settings, ledger, result)
+    return result
+
+
+def _send(todo: list[EventDraft], settings: Settings, ledger: ExportLedger,
+          result: DeliveryResult) -> None:
     client = MispClient(settings.misp)
     for tag in sorted({tag for draft in todo for tag in draft.tags}):
         client.ensure_tag(tag)
-    for done, draft in enumerate(todo, start=1):
-        outcome = client.push_event(draft)  # TransientError / AuthError abort the batch
-        if done % PROGRESS_EVERY == 0 or done == len(todo):
-            log.info("MISP %s: %d of %d events sent", settings.misp.url, done, len(todo))
-        if outcome.status == "failed":
-            result.failures.append((draft.uuid, outcome.reason))
-            continue
-        ledger.record(result.destination, draft.uuid, draft.source_system,
-                      draft.detection_id, draft.fingerprint)
-        if outcome.reason:
-            result.notes.append((draft.uuid, outcome.reason))
-        if outcome.status == "created":
-            result.created += 1
-        else:
-            result.updated += 1
-    return result
+    clients = PerThreadClients(settings.misp)
+    failure: MispNdrError | None = None
+    with ThreadPoolExecutor(settings.misp.concurrency, "misp-export") as pool:
+        sends = {pool.submit(lambda d: clients.get().push_event(d), draft): draft
+                 for draft in todo}
+        for done, sent in enumerate(as_completed(sends), start=1):
+            if sent.cancelled():  # after a failure: left for the retry
+                continue
+            try:
+                outcome = sent.result()
+            except (TransientError, AuthError) as exc:
+                failure = failure or exc
+                for pending in sends:
+                    pending.cancel()
+                continue
+            _record(result, ledger, sends[sent], outcome)
+            if done % PROGRESS_EVERY == 0 or done == len(todo):
+                log.info("MISP %s: %d of %d events sent", settings.misp.url, done, len(todo))
+    if failure is not None:
+        raise failure
+
+
+def _record(result: DeliveryResult, ledger: ExportLedger, draft: EventDraft,
+            outcome: PushResult) -> None:
+    if outcome.status == "failed":
+        result.failures.append((draft.uuid, outcome.reason))
+        return
+    ledger.record(result.destination, draft.uuid, draft.source_system,
+                  draft.detection_id, draft.fingerprint)
+    if outcome.reason:
+        result.notes.append((draft.uuid, outcome.reason))
+    if outcome.status == "created":
+        result.created += 1
+    else:
+        result.updated += 1
 
 
 def deliver_to_feed(drafts: list[EventDraft], feed_dir: Path) -> DeliveryResult:

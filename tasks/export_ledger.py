@@ -7,11 +7,11 @@ duplicates; it saves the requests: an unchanged detection is not sent again, a c
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
-from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
+
+from tasks.ledger_db import SQLITE_MAX_PARAMETERS, open_ledger_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exported_event (
@@ -31,36 +31,37 @@ class ExportLedger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.execute(SCHEMA)
+        self._db = open_ledger_db(path, SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ExportLedger:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def fingerprints(self, destination: str, uuids: Iterable[str]) -> dict[str, str]:
         """Fingerprint last exported for each of `uuids` that was exported before."""
         wanted = list(uuids)
         found: dict[str, str] = {}
-        with closing(self._connect()) as db:
-            for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    "SELECT event_uuid, fingerprint FROM exported_event "
-                    f"WHERE destination = ? AND event_uuid IN ({marks})",
-                    [destination, *chunk],
-                )
-                found.update(rows)
+        for start in range(0, len(wanted), SQLITE_MAX_PARAMETERS):
+            chunk = wanted[start : start + SQLITE_MAX_PARAMETERS]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._db.execute(
+                "SELECT event_uuid, fingerprint FROM exported_event "
+                f"WHERE destination = ? AND event_uuid IN ({marks})",
+                [destination, *chunk],
+            ))
         return found
 
     def record(
         self, destination: str, uuid: str, source_system: str, detection_id: str, fingerprint: str
     ) -> None:
         """Called right after each successful write, so a crash loses at most one entry."""
-        with closing(self._connect()) as db, db:
-            db.execute(
-                "INSERT OR REPLACE INTO exported_event VALUES (?, ?, ?, ?, ?, ?)",
-                (destination, uuid, source_system, detection_id, fingerprint,
-                 datetime.now(UTC).isoformat()),
-            )
+        self._db.execute(
+            "INSERT OR REPLACE INTO exported_event VALUES (?, ?, ?, ?, ?, ?)",
+            (destination, uuid, source_system, detection_id, fingerprint,
+             datetime.now(UTC).isoformat()),
+        )

@@ -9,15 +9,15 @@ answer was lost): delivery asks MISP whether the sighting is there before sendin
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks.ledger_db import SQLITE_MAX_PARAMETERS, open_ledger_db
+
 PENDING = "pending"
 SENT = "sent"
-SQLITE_MAX_PARAMETERS = 500
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sighting (
@@ -35,11 +35,7 @@ class SightingLedger:
     """SQLite file under the state directory; one row per (destination, sighting key)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")  # one commit per sighting stays cheap
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
-        self._db.execute(SCHEMA)
+        self._db = open_ledger_db(path, SCHEMA)
 
     def close(self) -> None:
         self._db.close()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,10 +31,16 @@ class Request:
 
 
 class LoopbackRouter:
-    def __init__(self) -> None:
+    """`latency` seconds are spent per request outside the state lock, as a remote MISP's
+    would: concurrent clients overlap their waits (benchmarks measure that)."""
+
+    def __init__(self, latency: float = 0.0) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Callable[[Request], Answer]]] = []
         self._lock = threading.Lock()  # the stand-in's state is not thread-safe
+        self.latency = latency
+        self.requests = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def add_callback(self, method: str, url: str | re.Pattern[str],
@@ -46,9 +54,12 @@ class LoopbackRouter:
                                                  body))
 
     def answer(self, request: Request) -> Answer:
+        if self.latency:
+            time.sleep(self.latency)
         for method, pattern, callback in self._routes:
             if method == request.method and pattern.fullmatch(request.url.split("?")[0]):
                 with self._lock:
+                    self.requests += 1
                     return callback(request)
         return 404, {}, f"no stand-in route for {request.method} {request.url}"
 
@@ -56,6 +67,12 @@ class LoopbackRouter:
         router = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as clients of a real MISP get
+
+            def setup(self) -> None:
+                super().setup()  # headers and body leave in two writes: no Nagle delay
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def _dispatch(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = Request(self.command, router.url + self.path, self.rfile.read(length))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import responses
@@ -57,26 +59,35 @@ def _json(status: int, body: Any) -> Answer:
 class MispStandIn:
     def __init__(self, rsps: responses.RequestsMock, url: str = URL) -> None:
         self.url = url
+        self._lock = threading.Lock()  # exports send from several threads at once
         self.events: dict[str, dict[str, Any]] = {}
         self.tags: set[str] = set()
         self.writes: list[tuple[str, str]] = []  # (endpoint, event uuid), in order
         self.unavailable_on_writes: set[int] = set()  # 1-based write numbers answering 503
         mock_connection(rsps, url)
-        rsps.add_callback(responses.POST, f"{url}/tags/search", self._search_tag)
-        rsps.add_callback(responses.POST, f"{url}/tags/add", self._add_tag)
-        rsps.add_callback(responses.POST, f"{url}/events/add", self._add_event)
-        rsps.add_callback(responses.POST, re.compile(rf"{re.escape(url)}/events/edit/.+"),
+        self._route(rsps, f"{url}/tags/search", self._search_tag)
+        self._route(rsps, f"{url}/tags/add", self._add_tag)
+        self._route(rsps, f"{url}/events/add", self._add_event)
+        self._route(rsps, re.compile(rf"{re.escape(url)}/events/edit/.+"),
                           self._edit_event)
         self.attributes: list[dict[str, Any]] = []  # what restSearch serves, MISP-shaped
         self.searches: list[dict[str, Any]] = []
-        rsps.add_callback(responses.POST, f"{url}/attributes/restSearch", self._rest_search)
+        self._route(rsps, f"{url}/attributes/restSearch", self._rest_search)
         self.sightings: list[dict[str, Any]] = []  # what MISP holds
         self.sighting_requests: list[dict[str, Any]] = []  # every /sightings/add body
         self.lost_sighting_answers: set[int] = set()  # 1-based adds stored, then 502
         self.sightings_down = False  # every add answers 503, storing nothing
-        rsps.add_callback(responses.POST, f"{url}/sightings/add", self._add_sighting)
-        rsps.add_callback(responses.POST, f"{url}/sightings/restSearch",
+        self._route(rsps, f"{url}/sightings/add", self._add_sighting)
+        self._route(rsps, f"{url}/sightings/restSearch",
                           self._search_sightings)
+
+    def _route(self, rsps: responses.RequestsMock, url: str | re.Pattern[str],
+               callback: Callable[[Any], Answer]) -> None:
+        def locked(request: Any) -> Answer:
+            with self._lock:
+                return callback(request)
+
+        rsps.add_callback(responses.POST, url, locked)
 
     def publish_event(self, uuid: str, info: str, date: str, published_at: int,
                       attributes: list[dict[str, Any]], tags: tuple[str, ...] = ()) -> None:

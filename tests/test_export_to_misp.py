@@ -67,14 +67,31 @@ def test_rerun_sends_nothing_and_a_lost_ledger_updates_instead_of_duplicating(
 
 
 def test_misp_outage_mid_batch_is_retried_and_resumes_without_duplicates(
-    misp: MispStandIn,
+    misp: MispStandIn, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("MISP_NDR_MISP__CONCURRENCY", "1")  # write numbers name one event
     misp.unavailable_on_writes = {2, 3}  # the 2nd event fails its request and its retry
     report = export_flowmon_batch()
     assert report.succeeded
     added = [uuid for kind, uuid in misp.writes if kind == "add"]
     assert len(set(added)) == len(misp.events) == report.created + report.unchanged
     assert added.count(added[1]) == 3  # the failed one: twice in the first try, once after
+
+
+@pytest.mark.parametrize("concurrency", [4, 8])
+def test_an_outage_during_concurrent_sends_loses_and_repeats_no_event(
+    misp: MispStandIn, monkeypatch: pytest.MonkeyPatch, concurrency: int,
+) -> None:
+    monkeypatch.setenv("MISP_NDR_MISP__CONCURRENCY", str(concurrency))
+    misp.unavailable_on_writes = {3, 4, 5, 6}  # whichever events are in flight then
+    report = export_flowmon_batch()
+    assert report.succeeded
+    assert len(misp.events) == 7
+    # an event MISP stored was never sent again: a re-send would be an add answered
+    # "already exists", then an edit
+    assert [uuid for kind, uuid in misp.writes if kind == "edit"] == []
+    added = [uuid for kind, uuid in misp.writes if kind == "add"]
+    assert len(added) == 7 + len(misp.unavailable_on_writes)
 
 
 def test_misp_down_for_good_fails_the_run_and_keeps_the_watermark(

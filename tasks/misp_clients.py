@@ -1,0 +1,21 @@
+"""MISP clients for worker threads: requests' sessions (and so PyMISP) are not safe to share
+between threads, so each thread that sends to MISP gets its own client, made on first use."""
+
+from __future__ import annotations
+
+import threading
+
+from misp_ndr.config import MispSettings
+from tasks.misp import MispClient
+
+
+class PerThreadClients:
+    def __init__(self, settings: MispSettings) -> None:
+        self._settings = settings
+        self._local = threading.local()
+
+    def get(self) -> MispClient:
+        client: MispClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = MispClient(self._settings)
+        return client
