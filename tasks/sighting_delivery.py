@@ -1,7 +1,9 @@
 """Deliver planned sightings to MISP, or append them to a JSON lines file when no MISP is
 configured, each exactly once across replays, retries and crashes (see SightingLedger).
 
-Every sighting is one `POST /sightings/add` (MISP has no bulk call for it). A sighting by
+Every sighting is one `POST /sightings/add` (MISP has no bulk call for it; several values
+in one request would hide which of them MISP does not know), with up to
+`MISP_NDR_MISP__CONCURRENCY` requests in flight. A sighting by
 value carries `filters` so MISP sights only IDS-flagged attributes of the pulled tags, not
 every attribute that happens to share the value. The JSON lines file holds exactly those
 request bodies, one per line, ready to post to `/sightings/add` once MISP is reachable.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,14 @@ from typing import Any
 import pandas as pd
 
 from misp_ndr.config import Settings
+from misp_ndr.errors import AuthError, MispNdrError, TransientError
 from misp_ndr.task_policy import batch_task
-from tasks.misp import MispClient
+from tasks.misp import MispClient, SightingResult
+from tasks.misp_clients import PerThreadClients
 from tasks.sighting_ledger import PENDING, SENT, SightingLedger
 
 log = logging.getLogger(__name__)
-PROGRESS_EVERY = 500
+SEND_CHUNK = 500  # sightings marked pending at once: what a crash leaves to look up
 LEDGER_FILE = "sightings-ledger.sqlite"  # under the state directory
 SIGHTING_TYPE = "0"  # 0 sighting, 1 false positive, 2 expiration
 
@@ -59,32 +64,67 @@ def sighting_body(row: Any, filters: dict[str, Any]) -> dict[str, Any]:
 
 def deliver_sightings_to_misp(sightings: pd.DataFrame, settings: Settings) -> SightingDelivery:
     result = SightingDelivery(f"misp:{settings.misp.url}")
-    filters = value_filters(settings)
     with SightingLedger(settings.state_dir / LEDGER_FILE) as ledger:
         states = ledger.states(result.destination, sightings["key"])
         todo = _not_yet_sent(sightings, states, result)
         if todo.empty:
             return result
-        client = MispClient(settings.misp)
         uncertain = todo["key"].map(states).eq(PENDING).fillna(False).astype(bool)
-        found = _found_in_misp(client, todo[uncertain])
-        for done, row in enumerate(todo.itertuples(index=False), start=1):
-            if row.key in found:
-                ledger.mark(result.destination, row.key, SENT, row.timestamp)
-                result.confirmed += 1
-                continue
-            ledger.mark(result.destination, row.key, PENDING, row.timestamp)
-            outcome = client.add_sighting(sighting_body(row, filters))  # Transient aborts
-            if outcome.status == "added":
-                ledger.mark(result.destination, row.key, SENT, row.timestamp)
-                result.sent += 1
-            else:
-                ledger.forget(result.destination, row.key)
-                _record_miss(result, row, outcome.status, outcome.reason)
-            if done % PROGRESS_EVERY == 0 or done == len(todo):
-                log.info("MISP %s: %d of %d sightings handled", settings.misp.url, done,
-                         len(todo))
+        found = _found_in_misp(MispClient(settings.misp), todo[uncertain])
+        confirmed = todo["key"].isin(found)
+        ledger.mark_many(result.destination, _pairs(todo[confirmed]), SENT)
+        result.confirmed = int(confirmed.sum())
+        _send(todo[~confirmed], settings, ledger, result)
     return result
+
+
+def _send(todo: pd.DataFrame, settings: Settings, ledger: SightingLedger,
+          result: SightingDelivery) -> None:
+    """A chunk at a time: its sightings are marked pending (one commit), sent with up to
+    `misp.concurrency` in flight, then each marked sent or forgotten as MISP answers. On a
+    transient or auth failure those in flight finish, the queued ones are forgotten (never
+    sent), and the batch aborts."""
+    filters, clients = value_filters(settings), PerThreadClients(settings.misp)
+    with ThreadPoolExecutor(settings.misp.concurrency, "misp-sightings") as pool:
+        for start in range(0, len(todo), SEND_CHUNK):
+            chunk = todo.iloc[start:start + SEND_CHUNK]
+            ledger.mark_many(result.destination, _pairs(chunk), PENDING)
+            sends = {pool.submit(lambda b: clients.get().add_sighting(b),
+                                 sighting_body(row, filters)): row
+                     for row in chunk.itertuples(index=False)}
+            failure = _collect(sends, ledger, result)
+            log.info("MISP %s: %d of %d sightings handled", settings.misp.url,
+                     min(start + SEND_CHUNK, len(todo)), len(todo))
+            if failure is not None:
+                raise failure
+
+
+def _collect(sends: dict[Future[SightingResult], Any], ledger: SightingLedger,
+             result: SightingDelivery) -> MispNdrError | None:
+    failure: MispNdrError | None = None
+    for sent in as_completed(sends):
+        row = sends[sent]
+        if sent.cancelled():
+            ledger.forget(result.destination, row.key)
+            continue
+        try:
+            outcome = sent.result()
+        except (TransientError, AuthError) as exc:
+            failure = failure or exc  # stays pending: it may have reached MISP
+            for queued in sends:
+                queued.cancel()
+            continue
+        if outcome.status == "added":
+            ledger.mark(result.destination, row.key, SENT, row.timestamp)
+            result.sent += 1
+        else:
+            ledger.forget(result.destination, row.key)
+            _record_miss(result, row, outcome.status, outcome.reason)
+    return failure
+
+
+def _pairs(sightings: pd.DataFrame) -> list[tuple[str, int]]:
+    return list(zip(sightings["key"], sightings["timestamp"].astype(int), strict=True))
 
 
 def deliver_sightings_to_file(sightings: pd.DataFrame, path: Path,
@@ -99,7 +139,7 @@ def deliver_sightings_to_file(sightings: pd.DataFrame, path: Path,
         uncertain = todo["key"].map(states).eq(PENDING).fillna(False).to_numpy(dtype=bool)
         on_file = _lines_on_file(path) if uncertain.any() else set()
         already = uncertain & pd.Series(lines, dtype="object").isin(on_file).to_numpy()
-        rows = list(zip(todo["key"], todo["timestamp"].astype(int), strict=True))
+        rows = _pairs(todo)
         pending = [pair for pair, there in zip(rows, already, strict=True) if not there]
         ledger.mark_many(result.destination, pending, PENDING)
         _append_lines(path, [line for line, there in zip(lines, already, strict=True)

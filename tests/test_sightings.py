@@ -17,6 +17,7 @@ from tasks.flowmon_batch import parse_custom_script_batch
 from tasks.flowmon_hits import NOT_BLACKLIST, OTHER_BLACKLIST, blacklist_hits
 from tasks.sighting_delivery import (
     LEDGER_FILE,
+    SightingDelivery,
     deliver_sightings_to_file,
     deliver_sightings_to_misp,
 )
@@ -139,6 +140,10 @@ def misp(monkeypatch: pytest.MonkeyPatch) -> Iterator[MispStandIn]:
         yield stand_in
 
 
+def canonical(body: dict) -> str:
+    return json.dumps(body, sort_keys=True)
+
+
 def sample_plan() -> pd.DataFrame:
     return plan_sightings(hits(
         (f"{HOUR}00:05Z", "ids-1", "45.155.205.233", C2),
@@ -150,13 +155,13 @@ def sample_plan() -> pd.DataFrame:
 
 def test_requests_are_shaped_as_misps_api_says(misp: MispStandIn) -> None:
     result = deliver_sightings_to_misp(sample_plan(), load_settings())
-    assert misp.sighting_requests == [
+    assert sorted(misp.sighting_requests, key=canonical) == sorted([
         {"uuid": C2, "source": "misp-ndr ids-1", "type": "0", "timestamp": str(T0 + 5)},
         {"values": ["198.51.7.7"], "filters": {"to_ids": 1, "tags": ["misp-ndr:demo"]},
          "source": "misp-ndr proxy", "type": "0", "timestamp": str(T0 + 660)},
         {"values": ["evil-updates.example"], "filters": {"to_ids": 1, "tags": ["misp-ndr:demo"]},
          "source": "misp-ndr proxy", "type": "0", "timestamp": str(T0 + 600)},
-    ]
+    ], key=canonical)  # sent concurrently: in any order
     assert result.sent == 2
     assert result.unknown == [("198.51.7.7", "test line 4")]
     # the IDS filter kept the same value's non-IDS attribute out
@@ -172,17 +177,47 @@ def test_replay_adds_nothing(misp: MispStandIn) -> None:
     assert len(misp.sighting_requests) == 3 + 1  # only the unknown value is asked again
 
 
-def test_a_lost_answer_is_checked_for_not_resent(misp: MispStandIn) -> None:
+def test_a_lost_answer_is_checked_for_not_resent(misp: MispStandIn,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """MISP stores the sighting but the answer never arrives (502): the run fails; its
     retry finds the sighting in MISP instead of adding it twice."""
+    monkeypatch.setenv("MISP_NDR_MISP__CONCURRENCY", "1")  # request 1 is C2's
     misp.lost_sighting_answers = {1}
     settings = load_settings()
     with pytest.raises(TransientError):
         deliver_sightings_to_misp(sample_plan(), settings)
     retry = deliver_sightings_to_misp(sample_plan(), settings)
-    assert retry.confirmed == 1 and retry.sent == 1
+    assert retry.confirmed == 1
+    assert retry.sent + retry.duplicates == 1  # EVIL: by whichever run reached it first
     assert sorted(s["attribute_uuid"] for s in misp.sightings) == sorted([C2, EVIL])
     assert [r.get("uuid") for r in misp.sighting_requests].count(C2) == 1
+
+
+@pytest.mark.parametrize("concurrency", ["1", "8"])
+def test_answers_lost_during_concurrent_sends_leave_each_sighting_once(
+    misp: MispStandIn, monkeypatch: pytest.MonkeyPatch, concurrency: str,
+) -> None:
+    monkeypatch.setenv("MISP_NDR_MISP__CONCURRENCY", concurrency)
+    minutes = pd.date_range("2026-11-20T08:00:00Z", periods=60, freq="1min")
+    frame = pd.DataFrame({"time": minutes, "sensor": "ids-1", "value": "45.155.205.233",
+                          "attribute_uuid": C2, "origin": "eve.json"})
+    plan = plan_sightings(normalize_hits(frame), None, 1, "{sensor}").sightings
+    misp.lost_sighting_answers = {5, 17, 30}  # stored by MISP, answered 502
+    settings = load_settings()
+    outcomes = []
+    for _ in range(4):  # as Prefect retries the task
+        try:
+            outcomes.append(deliver_sightings_to_misp(plan, settings))
+            break
+        except TransientError as exc:
+            outcomes.append(exc)
+    assert isinstance(outcomes[0], TransientError)
+    assert isinstance(outcomes[-1], SightingDelivery) and outcomes[-1].confirmed >= 1
+    stamps = [s["date_sighting"] for s in misp.sightings]
+    assert sorted(stamps) == sorted(str(stamp) for stamp in plan["timestamp"])  # once each
+    requested = [r["timestamp"] for r in misp.sighting_requests]
+    assert all(requested.count(misp.sighting_requests[n - 1]["timestamp"]) == 1
+               for n in misp.lost_sighting_answers)
 
 
 def test_a_crash_before_the_request_left_sends_it_on_the_next_run(misp: MispStandIn) -> None:
