@@ -1,32 +1,27 @@
 """Export end to end: detections of an eve.json become MISP events, sent to a MISP stand-in
-on loopback (real HTTP, a few ms of latency per request, as a remote MISP has). Reports the
+on loopback (benchmarks/misp_server.py). Reports the
 requests sent, events per second, and what the configured request concurrency changes."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.harness import SEED, Figure, size_label
+from benchmarks.misp_server import misp_in_subprocess
 from misp_ndr.config import load_settings
 from tasks.export_delivery import deliver_to_misp
 from tasks.indicators import select_export_indicators
 from tasks.ip_addresses import AddressRanges
 from tasks.misp_events import build_event_drafts
 from tasks.suricata import read_eve_file
-from tests.loopback_http import LoopbackRouter, serving
-from tests.misp_stand_in import API_KEY, MispStandIn
+from tests.misp_stand_in import API_KEY
 
-LATENCY_SECONDS = 0.005
 CONCURRENCY = [1, 4, 8]
 TARGET_EVENTS_PER_SECOND = 500  # 10k detections in 20 s on a LAN-near MISP
 
@@ -83,36 +78,6 @@ def _deliver(drafts: list, scratch: Path, concurrency: int) -> tuple[float, int]
         start = time.perf_counter()
         result = deliver_to_misp(drafts, settings)
         seconds = time.perf_counter() - start
-        requests, events = stats()
-    assert result.created == len(drafts) == events, (result, events)
-    return seconds, requests
-
-
-@contextmanager
-def misp_in_subprocess() -> Iterator[tuple[str, Callable[[], tuple[int, int]]]]:
-    """The stand-in in its own process, so that its work does not share our GIL (a real
-    MISP runs elsewhere too); `stats()` asks it for (requests served, events held)."""
-    context = multiprocessing.get_context("spawn")
-    ours, theirs = context.Pipe()
-    process = context.Process(target=_serve_misp, args=(theirs, LATENCY_SECONDS), daemon=True)
-    process.start()
-    url = ours.recv()
-
-    def stats() -> tuple[int, int]:
-        ours.send("stats")
-        return ours.recv()
-
-    try:
-        yield url, stats
-    finally:
-        ours.send("stop")
-        process.join(timeout=10)
-
-
-def _serve_misp(pipe: Connection, latency: float) -> None:
-    router = LoopbackRouter(latency=latency)
-    stand_in = MispStandIn(router, url=router.url)  # type: ignore[arg-type]
-    with serving(router):
-        pipe.send(router.url)
-        while pipe.recv() == "stats":
-            pipe.send((router.requests, len(stand_in.events)))
+        served = stats()
+    assert result.created == len(drafts) == served["events"], (result, served)
+    return seconds, served["requests"]

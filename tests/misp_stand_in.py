@@ -71,6 +71,7 @@ class MispStandIn:
         self._route(rsps, re.compile(rf"{re.escape(url)}/events/edit/.+"),
                           self._edit_event)
         self.attributes: list[dict[str, Any]] = []  # what restSearch serves, MISP-shaped
+        self._by_uuid: dict[str, list[dict[str, Any]]] = {}
         self.searches: list[dict[str, Any]] = []
         self._route(rsps, f"{url}/attributes/restSearch", self._rest_search)
         self.sightings: list[dict[str, Any]] = []  # what MISP holds
@@ -100,6 +101,9 @@ class MispStandIn:
                              "Network activity", "to_ids": True, "deleted": False,
                              "timestamp": str(published_at), "Tag": [], **attribute,
                              "Event": event} for n, attribute in enumerate(attributes)]
+        self._by_uuid = {}  # sightings by UUID: a lookup, not a scan, for benchmarks
+        for attribute in self.attributes:
+            self._by_uuid.setdefault(attribute["uuid"], []).append(attribute)
 
     def _rest_search(self, request: Any) -> Answer:
         """Honours what the rule update relies on: to_ids, deleted, the publication window,
@@ -128,7 +132,7 @@ class MispStandIn:
         if self.sightings_down:
             return 503, {}, "Service Unavailable"
         if "uuid" in body:
-            matches = [a for a in self.attributes if a["uuid"] == body["uuid"]]
+            matches = self._by_uuid.get(body["uuid"], [])
         else:
             filters = body.get("filters", {})
             matches = [a for a in self.attributes  # value1 or value2 of composites
