@@ -46,19 +46,20 @@ def median_seconds(action: Callable[[], T], runs: int) -> tuple[float, T]:
 
 def peak_bytes(action: Callable[[], T]) -> tuple[int, T]:
     """Peak memory `action` allocated on top of what existed: Python and NumPy objects
-    (tracemalloc) plus Arrow buffers (its memory pool), both measured from zero."""
+    (tracemalloc) plus Arrow buffers. Arrow's pool keeps one high-water mark for the whole
+    process, so `action` runs on a fresh proxy pool, whose mark is its own."""
     gc.collect()
-    pool = pa.default_memory_pool()
-    arrow_before = pool.bytes_allocated()
-    pool_peak_before = pool.max_memory() or 0
+    previous = pa.default_memory_pool()
+    fresh = pa.proxy_memory_pool(previous)  # must outlive its use as the default pool
+    pa.set_memory_pool(fresh)
     tracemalloc.start()
     try:
         result = action()
         _, python_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    arrow_peak = max(0, (pool.max_memory() or 0) - max(arrow_before, pool_peak_before))
-    return python_peak + arrow_peak, result
+        pa.set_memory_pool(previous)
+    return python_peak + (fresh.max_memory() or 0), result
 
 
 def print_table(figures: list[Figure]) -> None:

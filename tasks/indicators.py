@@ -19,9 +19,9 @@ from misp_ndr.task_policy import batch_task
 from tasks.detections import ParseProblem
 from tasks.ip_addresses import (
     AddressRanges,
+    factorize_addresses,
     non_global_mask,
     parse_addresses,
-    unwrap_embedded_ipv4,
 )
 
 INDICATOR_COLUMNS: dict[str, str] = {
@@ -158,16 +158,19 @@ class _Judgement:
 
 def _judge_addresses(values: pd.Series, user_ranges: AddressRanges) -> _Judgement:
     """Invalid, then non-global, then user-filtered: the first that applies. A user's IPv4
-    filter also covers the IPv6 forms that carry that address (::ffff:a.b.c.d, NAT64, 6to4)."""
-    codes, distinct = pd.factorize(values)
-    parsed = parse_addresses(np.asarray(distinct, dtype=object))
-    filtered = user_ranges.contains(parsed) | user_ranges.contains(unwrap_embedded_ipv4(parsed))
-    category = np.select(
-        [~parsed.valid, non_global_mask(parsed), filtered],
-        [_INVALID, _NON_GLOBAL, _FILTERED], default=_KEPT,
-    )
-    reason = np.where(parsed.valid, None, "is not a valid IPv4 or IPv6 address").astype(object)
-    return _spread(codes, category, parsed.canonical_text(), reason)
+    filter also covers the IPv6 forms that carry that address (::ffff:a.b.c.d, NAT64, 6to4).
+
+    Every row is parsed (vectorized), then deduplicated on the parsed integers, so each
+    distinct address is judged and written out once, whatever its spellings."""
+    codes, distinct = factorize_addresses(parse_addresses(values))
+    category = np.select([non_global_mask(distinct), user_ranges.covers(distinct)],
+                         [_NON_GLOBAL, _FILTERED], default=_KEPT)
+    invalid = np.flatnonzero(codes < 0)
+    reason = np.full(len(codes), None, dtype=object)
+    reason[invalid] = np.where(values.isna().to_numpy()[invalid], "is empty",
+                               "is not a valid IPv4 or IPv6 address")
+    return _Judgement(np.append(category, _INVALID)[codes],
+                      np.append(distinct.canonical_text(), None)[codes], reason)
 
 
 def _judge_names(values: pd.Series) -> _Judgement:
@@ -191,7 +194,8 @@ def select_indicators(indicators: pd.DataFrame, user_ranges: AddressRanges) -> I
     """Keep what may be shared: valid, global, not matched by the user's filters, and once
     per (source_system, detection_id, attribute_type, canonical value), i.e. per MISP event.
 
-    Each distinct value is parsed once (pd.factorize). Every row lands in exactly one count:
+    Each distinct address (deduplicated on its parsed integer value, however it is spelled)
+    and each distinct name (pd.factorize) is judged once. Every row lands in exactly one count:
     a repeat of an earlier row of the same event is a `duplicate` whatever its value (so a
     Flowmon event with five targets repeating one private source counts one `non_global`,
     four `duplicate`); first occurrences count as `invalid`, `non_global`, `filtered`

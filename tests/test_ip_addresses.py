@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from tasks.ip_addresses import (
     NON_GLOBAL_RANGES,
     V6_DTYPE,
     AddressRanges,
+    factorize_addresses,
     is_filter_name,
     non_global_mask,
     parse_addresses,
@@ -149,6 +151,31 @@ def test_ipv6_text_round_trips_through_ipaddress() -> None:
     assert [ipaddress.IPv6Address(text) for text in parsed.canonical_text()] == addresses
 
 
+def test_ipv6_parsing_agrees_with_inet_pton_on_mutated_strings() -> None:
+    rng = random.Random(66)
+    texts = [":".join(["1"] * left) + "::" + ":".join(["2"] * right) + tail
+             for left in range(9) for right in range(9) for tail in ("", ":1.2.3.4")]
+    for _ in range(5000):
+        address = ipaddress.IPv6Address(rng.getrandbits(128) >> rng.choice([0, 16, 64, 112]))
+        text = rng.choice([str(address), address.exploded, str(address).upper(),
+                           f"::ffff:{ipaddress.IPv4Address(rng.getrandbits(32))}"])
+        position, character = rng.randrange(len(text) + 1), rng.choice("0:.fFg")
+        texts.append(rng.choice([text, text[:position] + character + text[position:],
+                                 text[:position] + text[position + 1:]]))
+
+    def inet_pton(text: str) -> bytes | None:
+        try:
+            return socket.inet_pton(socket.AF_INET6, text)
+        except OSError:
+            return None
+
+    parsed = parse_addresses(texts)
+    ours = [value.ljust(16, b"\0") if family == FAMILY_V6 else None
+            for family, value in zip(parsed.family.tolist(), parsed.v6.tolist(), strict=True)]
+    assert ours == [inet_pton(text) for text in texts]
+    assert 0.2 < parsed.valid.mean() < 0.9
+
+
 def test_fixed_width_bytes_order_ipv6_numerically() -> None:
     rng = random.Random(16)
     values = [rng.getrandbits(128) >> rng.choice([0, 8, 64, 120]) for _ in range(3000)]
@@ -245,6 +272,54 @@ def test_random_cidrs_match_like_ipaddress() -> None:
     assert matches(user, [str(address) for address in addresses]) == expected
 
 
+def test_ranges_match_like_ipaddress_around_block_edges() -> None:
+    """Most lookups are answered by a table of /20 blocks: intervals that start, end or span
+    at block edges, and addresses beside them, in both families."""
+    rng = random.Random(20)
+    for bits in (32, 128):
+        block = 1 << (bits - 20)
+        starts = [rng.getrandbits(20) * block + rng.choice([-1, 0, 1]) for _ in range(300)]
+        intervals = [(max(start, 0), min(max(start, 0) + length, 2 ** bits - 1))
+                     for start in starts
+                     for length in [rng.choice([0, 1, block - 2, block - 1, block, 3 * block])]]
+        address = ipaddress.IPv4Address if bits == 32 else ipaddress.IPv6Address
+        user = AddressRanges.from_patterns(f"{address(first)}-{address(last)}"
+                                           for first, last in intervals)
+        values = sorted({min(max(value + offset, 0), 2 ** bits - 1)
+                         for first, last in intervals for value in (first, last)
+                         for offset in (-1, 0, 1, block)})
+        expected = [any(first <= value <= last for first, last in intervals) for value in values]
+        assert matches(user, [str(address(value)) for value in values]) == expected
+        assert any(expected) and not all(expected)
+
+
+def test_covers_also_matches_the_ipv6_forms_of_a_covered_ipv4_address() -> None:
+    user = ranges("8.8.8.0/24", "2001:db8::/32")
+    parsed = parse_addresses(["8.8.8.8", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1",
+                              "2002:909:909::1", "2001:db8::1", "::ffff:9.9.9.9", "bad"])
+    assert user.contains(parsed).tolist() == [True, False, False, False, False, True, False,
+                                              False]
+    assert user.covers(parsed).tolist() == [True, True, True, True, False, True, False, False]
+
+
+def test_factorize_addresses_gives_each_address_one_code_whatever_its_spelling() -> None:
+    texts = ["8.8.8.8", "2001:DB8::1", "bad", "2001:db8:0::1", "8.8.8.8", None,
+             "::ffff:8.8.8.8", "::FFFF:808:808"]
+    codes, distinct = factorize_addresses(parse_addresses(texts))
+    canonical = distinct.canonical_text()
+    assert [canonical[code] if code >= 0 else None for code in codes] == [
+        "8.8.8.8", "2001:db8::1", None, "2001:db8::1", "8.8.8.8", None, "::ffff:8.8.8.8",
+        "::ffff:8.8.8.8"]
+    rng = random.Random(13)
+    pool = ([str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(500)]
+            + [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(500)])
+    texts = [rng.choice(pool) for _ in range(5000)]
+    codes, distinct = factorize_addresses(parse_addresses(texts))
+    assert len(distinct) == len(set(texts))
+    assert [ipaddress.ip_address(text) for text in distinct.canonical_text()[codes]] == [
+        ipaddress.ip_address(text) for text in texts]
+
+
 def test_ranges_cannot_be_modified_after_building() -> None:
     user = ranges("10.0.0.0/8")
     with pytest.raises(ValueError):
@@ -322,3 +397,13 @@ def test_invalid_addresses_are_neither_global_nor_non_global() -> None:
     parsed = parse_addresses(["not-an-ip", None, "10.0.0.1"])
     assert non_global_mask(parsed).tolist() == [False, False, True]
     assert parsed.family.tolist() == [FAMILY_INVALID, FAMILY_INVALID, FAMILY_V4]
+
+
+def test_a_concatenated_arrow_backed_series_parses_like_one_list() -> None:
+    """`pd.concat` of Arrow-backed columns hands the parser a chunked array."""
+    halves = [pd.Series(["198.51.100.7", None], dtype="string[pyarrow]"),
+              pd.Series(["2001:db8::1", "45.155.205.233"], dtype="string[pyarrow]")]
+    parsed = parse_addresses(pd.concat(halves))
+    expected = parse_addresses(["198.51.100.7", None, "2001:db8::1", "45.155.205.233"])
+    assert parsed.family.tolist() == expected.family.tolist() == [4, 0, 6, 4]
+    assert parsed.v4.tolist() == expected.v4.tolist()
