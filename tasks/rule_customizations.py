@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from misp_ndr.errors import ConfigError
 from misp_ndr.task_policy import batch_task
@@ -235,59 +237,110 @@ def apply_customizations(
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """`lines` with each rule's text customized. Counts: rules touched per customization
     (by its label), `unmatched` customizations, and `rejected` changes (with a
-    `<label> rejected` entry naming the customization)."""
-    rules = lines["rule"].to_numpy(dtype=object).copy()
-    sids = lines["sid"].to_numpy(dtype=object)
-    disabled = np.zeros(len(lines), dtype=bool)
-    targets = _target_positions(lines)
+    `<label> rejected` entry naming the customization).
+
+    Only the targeted rules become Python strings; the others stay in their arrow column
+    (a ruleset has millions of rules, a customization file a handful of lines)."""
+    targets = _target_positions(lines, {entry.target for entry in customizations.entries})
+    texts = _TargetedTexts(lines)
+    disabled: set[int] = set()
     counts: dict[str, int] = {"unmatched": 0, "rejected": 0}
     ordered = sorted(customizations.entries, key=lambda entry: APPLY_ORDER.index(entry.action))
     for entry in ordered:
         positions = targets(entry.target)
         if entry.action == "disable":
             outcome = _Outcome(touched=len(positions))
-            disabled[positions] = True
+            disabled.update(positions.tolist())
         else:
-            outcome = _apply_text_change(rules, sids, positions, _TEXT_CHANGES[entry.action],
-                                         entry)
+            outcome = _apply_text_change(texts, positions, _TEXT_CHANGES[entry.action], entry)
         counts[entry.label] = outcome.touched
         counts["unmatched"] += int(outcome.touched == 0 and outcome.rejected == 0)
         counts["rejected"] += outcome.rejected
         if outcome.rejected:
             counts[f"{entry.label} rejected"] = outcome.rejected
-    rules[disabled] = "# " + rules[disabled]
-    return lines.assign(rule=pd.array(rules, dtype="string")), counts
+    for position in disabled:
+        texts.set(position, "# " + texts.get(position))
+    return lines.assign(rule=texts.column()), counts
 
 
-def _target_positions(lines: pd.DataFrame) -> Callable[[str], np.ndarray]:
-    """Row positions of a sid or of an attribute's rules; built once per ruleset."""
-    rows = pd.Series(np.arange(len(lines)))
-    by_sid = rows.groupby(lines["sid"].astype("Int64").to_numpy()).indices
-    by_uuid = rows.groupby(lines["attribute_uuid"].astype("string").str.lower().to_numpy()
-                           ).indices
+class _TargetedTexts:
+    """The rule column, with the few customized rules held as Python strings."""
+
+    def __init__(self, lines: pd.DataFrame) -> None:
+        self.rules = pa.chunked_array(pd.array(lines["rule"], dtype="string").__arrow_array__())
+        self.sids = lines["sid"]
+        self.changed: dict[int, str] = {}
+
+    def get(self, position: int) -> str:
+        if position in self.changed:
+            return self.changed[position]
+        return self.rules[position].as_py()
+
+    def set(self, position: int, text: str) -> None:
+        self.changed[position] = text
+
+    def sid(self, position: int) -> object:
+        return self.sids.iat[position]
+
+    def column(self) -> pd.arrays.ArrowStringArray:
+        """The column with the changed rules put in: slices of the untouched rules around
+        them, so the whole column (hundreds of MB) is never copied."""
+        pieces, start = [], 0
+        for position in sorted(self.changed):
+            pieces += [self.rules.slice(start, position - start),
+                       pa.chunked_array([[self.changed[position]]], self.rules.type)]
+            start = position + 1
+        pieces.append(self.rules.slice(start))
+        chunks = [chunk for piece in pieces for chunk in piece.chunks if len(chunk)]
+        return pd.arrays.ArrowStringArray(pa.chunked_array(chunks, self.rules.type))
+
+
+def _target_positions(lines: pd.DataFrame, targets: set[str]) -> Callable[[str], np.ndarray]:
+    """Row positions of a sid or of an attribute's rules; only the targets named are
+    looked up, in one vectorized pass per column."""
+    found: dict[str, np.ndarray] = {}
+    sids = {int(target) for target in targets if target.isdigit()}
+    if sids:
+        column = lines["sid"].astype("Int64").to_numpy(dtype=np.int64, na_value=-1)
+        rows = np.flatnonzero(np.isin(column, list(sids)))
+        found |= {str(sid): group for sid, group in _grouped(column[rows], rows)}
+    uuids = sorted(target for target in targets if not target.isdigit())
+    if uuids:
+        column = pc.utf8_lower(pa.chunked_array(pd.array(
+            lines["attribute_uuid"], dtype="string").__arrow_array__()))
+        rows = np.flatnonzero(pc.fill_null(pc.is_in(column, pa.array(uuids, column.type)),
+                                           False).to_numpy(zero_copy_only=False))
+        found |= dict(_grouped(column.take(pa.array(rows)).to_numpy(zero_copy_only=False),
+                               rows))
     nothing = np.array([], dtype=np.intp)
 
     def positions(target: str) -> np.ndarray:
-        found = by_sid.get(int(target)) if target.isdigit() else by_uuid.get(target)
-        return nothing if found is None else np.asarray(found)
+        key = str(int(target)) if target.isdigit() else target
+        return found.get(key, nothing)
 
     return positions
 
 
+def _grouped(keys: np.ndarray, rows: np.ndarray) -> list[tuple[object, np.ndarray]]:
+    """(key, its rows in ascending order) for each distinct key."""
+    return [(key, rows[keys == key]) for key in pd.unique(keys)]
+
+
 def _apply_text_change(
-    rules: np.ndarray, sids: np.ndarray, positions: np.ndarray,
+    texts: _TargetedTexts, positions: np.ndarray,
     change: Callable[[str, Customization], str], entry: Customization,
 ) -> _Outcome:
     """Loops over the targeted rules only: a customization names a handful of rules."""
     outcome = _Outcome()
-    for position in positions:
-        changed = change(rules[position], entry)
-        if changed == rules[position]:  # a regex that did not match, a rule already `drop`
+    for position in positions.tolist():
+        current = texts.get(position)
+        changed = change(current, entry)
+        if changed == current:  # a regex that did not match, a rule already `drop`
             continue
-        if rule_problem(changed, sids[position]) is not None:
+        if rule_problem(changed, texts.sid(position)) is not None:
             outcome.rejected += 1
             continue
-        rules[position] = changed
+        texts.set(position, changed)
         outcome.touched += 1
     return outcome
 

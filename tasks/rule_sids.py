@@ -27,14 +27,16 @@ value, port, event info, tags, event UUID), so Suricata and analysts see an edit
 
 from __future__ import annotations
 
-import csv
 import io
 import sqlite3
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from misp_ndr.errors import ConfigError, InputError
 from tasks.rule_indicators import RESERVED_TOP_SIDS
@@ -64,7 +66,13 @@ CREATE TABLE IF NOT EXISTS sids (
 )
 """
 _CREATE_SID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS sids_sid_unique ON sids (sid)"
-_SELECT_STORED = "SELECT attribute_uuid || '|' || variant, sid, content_hash, rev FROM sids"
+_READ_CHUNK_ROWS = 1_000_000  # keeps each aggregated text far below SQLite's 1 GB limit
+_SELECT_STORED = """
+SELECT max(rowid), group_concat(length(CAST(pair AS BLOB))), CAST(group_concat(pair, '') AS BLOB),
+       group_concat(sid), group_concat(content_hash), group_concat(rev)
+FROM (SELECT rowid, attribute_uuid || '|' || variant AS pair, sid, content_hash, rev
+      FROM sids WHERE rowid > ? ORDER BY rowid LIMIT ?)
+"""
 _UPSERT = """
 INSERT INTO sids (attribute_uuid, variant, sid, content_hash, rev, first_seen)
 VALUES (?, ?, ?, ?, ?, ?)
@@ -75,29 +83,51 @@ ON CONFLICT (attribute_uuid, variant) DO UPDATE SET
 _BUMP_REV = "UPDATE sids SET content_hash = ?, rev = ? WHERE attribute_uuid = ? AND variant = ?"
 
 
-def fnv1a_64(texts: pd.Series) -> np.ndarray:
-    """FNV-1a 64 of each text's UTF-8 bytes, vectorized over rows (one pass per byte
-    column). Chosen over pandas' own hashing because sids must not depend on the pandas
-    version, and over sha256 because it needs no Python call per row."""
-    encoded = np.asarray(texts.str.encode("utf-8").to_numpy(dtype=object), dtype=np.bytes_)
-    width = encoded.dtype.itemsize
-    lengths = np.char.str_len(encoded)
-    matrix = encoded.view(np.uint8).reshape(len(encoded), width)
-    hashes = np.full(len(encoded), _FNV_OFFSET, dtype=np.uint64)
-    for column in range(width):
-        mixed = (hashes ^ matrix[:, column].astype(np.uint64)) * _FNV_PRIME
-        hashes = np.where(column < lengths, mixed, hashes)
+def fnv1a_64(texts: pa.Array) -> np.ndarray:
+    """FNV-1a 64 of each text's UTF-8 bytes, vectorized over rows: texts of one length are
+    one (rows, length) byte matrix, hashed one byte column at a time. Chosen over pandas'
+    own hashing because sids must not depend on the pandas version, and over sha256
+    because it needs no Python call per row."""
+    binary = _strings(texts).cast(pa.large_binary())
+    lengths = pc.binary_length(binary).to_numpy(zero_copy_only=False)
+    hashes = np.full(len(binary), _FNV_OFFSET, dtype=np.uint64)
+    for length in np.unique(lengths).tolist():
+        rows = np.flatnonzero(lengths == length)
+        same = binary.take(pa.array(rows))
+        data = np.frombuffer(same.buffers()[2], dtype=np.uint8, count=len(rows) * length)
+        columns = data.reshape(len(rows), length).T.astype(np.uint64)
+        mixed = hashes[rows]
+        for column in columns:
+            mixed = (mixed ^ column) * _FNV_PRIME
+        hashes[rows] = mixed
     return hashes
 
 
 def rule_content_hash(rules: pd.DataFrame) -> np.ndarray:
     """64-bit hash of what renders into each rule, as signed ints for SQLite. pandas'
     SipHash with a fixed key: if a pandas release ever changed it, every rev would go up
-    once, nothing worse."""
+    once, nothing worse. Categorized first (same hashes): event infos, tags and kinds
+    repeat across millions of rules."""
     content = rules[RULE_CONTENT_COLUMNS].astype("string").fillna("\x00")
     hashed = pd.util.hash_pandas_object(content, index=False, hash_key=_CONTENT_HASH_KEY,
-                                      categorize=False)
+                                      categorize=True)
     return hashed.to_numpy(dtype=np.uint64).view(np.int64)
+
+
+@dataclass
+class _Batch:
+    """The pairs of one `assign` call, in its rows' order (or a subset, `rows` saying which)."""
+
+    rows: np.ndarray
+    uuids: pa.Array
+    variants: pa.Array
+    pairs: pa.Array
+    content_hash: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> _Batch:
+        chosen = pa.array(rows)
+        return _Batch(self.rows[rows], self.uuids.take(chosen), self.variants.take(chosen),
+                      self.pairs.take(chosen), self.content_hash[rows])
 
 
 class SidAllocator:
@@ -121,20 +151,18 @@ class SidAllocator:
         """`rules` (rows of `expand_rule_variants`) with `sid` (Int64) and `rev` (Int32)
         added, in the same order. Raises ValueError if a pair is missing or occurs twice:
         the caller's bug, and two rules with one sid would be worse than no update."""
-        uuids = rules["attribute_uuid"].astype("string").str.lower()
-        variants = rules["variant"].astype("string")
-        batch = pd.DataFrame({
-            "attribute_uuid": uuids, "variant": variants, "pair": uuids + "|" + variants,
-            "content_hash": rule_content_hash(rules), "row": np.arange(len(rules)),
-        })
-        _refuse_unusable_pairs(batch["pair"])
+        uuids = pc.utf8_lower(_strings(rules["attribute_uuid"]))
+        variants = _strings(rules["variant"])
+        pairs = pc.binary_join_element_wise(uuids, variants, pa.scalar("|", pa.large_string()))
+        batch = _Batch(np.arange(len(rules)), uuids, variants, pairs, rule_content_hash(rules))
+        _refuse_unusable_pairs(batch.pairs)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, isolation_level=None, timeout=LOCK_WAIT_SECONDS)
         try:
             connection.execute(_CREATE_TABLE)
             connection.execute(_CREATE_SID_INDEX)
             connection.execute("BEGIN IMMEDIATE")
-            assigned = self._assign_in_transaction(connection, batch)
+            sids, revs = self._assign_in_transaction(connection, batch)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -142,70 +170,120 @@ class SidAllocator:
             raise
         finally:
             connection.close()
-        sids = np.empty(len(rules), dtype=np.int64)
-        revs = np.empty(len(rules), dtype=np.int64)
-        sids[assigned["row"]] = assigned["sid"]
-        revs[assigned["row"]] = assigned["rev"]
         return rules.assign(sid=pd.array(sids, dtype="Int64"), rev=pd.array(revs, dtype="Int32"))
 
     def _assign_in_transaction(
-        self, connection: sqlite3.Connection, batch: pd.DataFrame
-    ) -> pd.DataFrame:
-        stored = pd.DataFrame(
-            connection.execute(_SELECT_STORED).fetchall(),
-            columns=["pair", "sid", "stored_hash", "stored_rev"],
-        ).astype({"pair": "string", "sid": "Int64", "stored_hash": "Int64",
-                  "stored_rev": "Int64"})  # nullable: stays exact through the merge
-        in_range = stored[stored["sid"].between(self.first, self.last)]
-        joined = batch.merge(in_range, on="pair", how="left")
-        is_known = joined["sid"].notna().to_numpy()
-        known = self._update_revs(connection, joined[is_known].astype(
-            {"sid": "int64", "stored_hash": "int64", "stored_rev": "int64"}))
-        new = joined[~is_known]
-        new = new.iloc[new["pair"].argsort()]  # the documented allocation order
-        bulk_load = len(new) > len(stored)
+        self, connection: sqlite3.Connection, batch: _Batch
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(sid, rev) per batch row."""
+        stored_pairs, stored_sids, stored_hashes, stored_revs = _stored(connection)
+        in_range = (stored_sids >= self.first) & (stored_sids <= self.last)
+        kept = np.flatnonzero(in_range)
+        match = pc.index_in(batch.pairs, value_set=stored_pairs.filter(pa.array(in_range)))
+        is_known = _mask(pc.is_valid(match))
+        sids = np.empty(len(batch.rows), dtype=np.int64)
+        revs = np.empty(len(batch.rows), dtype=np.int64)
+        known = kept[match.filter(pa.array(is_known)).to_numpy()]
+        sids[is_known] = stored_sids[known]
+        revs[is_known] = self._update_revs(connection, batch.subset(np.flatnonzero(is_known)),
+                                           stored_hashes[known], stored_revs[known])
+        new_rows = np.flatnonzero(~is_known)
+        new = batch.subset(new_rows[pc.sort_indices(batch.pairs.take(
+            pa.array(new_rows))).to_numpy()])  # the documented allocation order
+        bulk_load = len(new.rows) > len(stored_sids)
         if bulk_load:  # rebuilding the index once beats updating it per row (~5x)
             connection.execute("DROP INDEX sids_sid_unique")
-        new = self._allocate(connection, new, in_range["sid"].to_numpy("int64"))
+        sids[new.rows] = self._allocate(connection, new, stored_sids[in_range])
+        revs[new.rows] = 1
         if bulk_load:
             connection.execute(_CREATE_SID_INDEX)  # also re-checks every sid is unique
-        return pd.concat([known, new])[["row", "sid", "rev"]]
+        return sids, revs
 
-    def _update_revs(self, connection: sqlite3.Connection, known: pd.DataFrame) -> pd.DataFrame:
-        changed = known["content_hash"] != known["stored_hash"]
-        rev = known["stored_rev"] + changed.astype("int64")
-        bumped = known[changed].assign(rev=rev[changed])
+    def _update_revs(self, connection: sqlite3.Connection, known: _Batch,
+                     stored_hash: np.ndarray, stored_rev: np.ndarray) -> np.ndarray:
+        changed = known.content_hash != stored_hash
+        rev = stored_rev + changed
+        bumped = np.flatnonzero(changed)
+        chosen = pa.array(bumped)
         connection.executemany(_BUMP_REV, zip(
-            bumped["content_hash"].tolist(), bumped["rev"].tolist(),
-            bumped["attribute_uuid"].tolist(), bumped["variant"].tolist(), strict=True))
-        return known.assign(rev=rev)
+            known.content_hash[bumped].tolist(), rev[bumped].tolist(),
+            known.uuids.take(chosen).to_pylist(), known.variants.take(chosen).to_pylist(),
+            strict=True))
+        return rev
 
-    def _allocate(
-        self, connection: sqlite3.Connection, new: pd.DataFrame, taken: np.ndarray
-    ) -> pd.DataFrame:
+    def _allocate(self, connection: sqlite3.Connection, new: _Batch,
+                  taken: np.ndarray) -> np.ndarray:
+        """Sids for the new pairs (in allocation order), stored with rev 1."""
         free = self.size - len(taken)
-        if len(new) > free:
+        if len(new.rows) > free:
             raise ConfigError(
-                f"the sid range is full: {len(new)} new rules but {free} free sids in "
+                f"the sid range is full: {len(new.rows)} new rules but {free} free sids in "
                 f"{self.first}-{self.last}; widen MISP_NDR_RULES__SID_RANGE_START / _END "
                 f"(the top {RESERVED_TOP_SIDS} sids are reserved for list rules)")
-        if new.empty:
-            return new.assign(sid=pd.Series(dtype="int64"), rev=pd.Series(dtype="int64"))
-        preferred = fnv1a_64(new["pair"]) % np.uint64(self.size)
-        offsets = _place(preferred.astype(np.int64), taken - self.first, self.size)
-        allocated = new.assign(sid=offsets + self.first, rev=1)
+        if not len(new.rows):
+            return np.array([], dtype=np.int64)
+        preferred = fnv1a_64(new.pairs) % np.uint64(self.size)
+        sids = _place(preferred.astype(np.int64), taken - self.first, self.size) + self.first
         first_seen = datetime.now(UTC).isoformat(timespec="seconds")
+        count = len(sids)
         connection.executemany(_UPSERT, zip(
-            allocated["attribute_uuid"].tolist(), allocated["variant"].tolist(),
-            allocated["sid"].tolist(), allocated["content_hash"].tolist(),
-            allocated["rev"].tolist(), [first_seen] * len(allocated), strict=True))
-        return allocated
+            new.uuids.to_pylist(), new.variants.to_pylist(), sids.tolist(),
+            new.content_hash.tolist(), [1] * count, [first_seen] * count, strict=True))
+        return sids
 
 
-def _refuse_unusable_pairs(pairs: pd.Series) -> None:
-    if pairs.isna().any():
-        raise ValueError(f"{int(pairs.isna().sum())} rule rows have no attribute_uuid or variant")
-    duplicated = pairs[pairs.duplicated()].unique()
+def _strings(values: pd.Series | pa.Array) -> pa.Array:
+    if isinstance(values, pd.Series):
+        values = pa.array(values.astype("string").array)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values.cast(pa.large_string())
+
+
+def _mask(condition: pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(condition, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _stored(connection: sqlite3.Connection
+            ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """Every stored (pair, sid, content hash, rev), read in chunks of aggregated text: one
+    row of SQLite output per chunk instead of a Python tuple per pair. Pairs come as one
+    byte string with their byte lengths, so no character in a UUID can confuse the split."""
+    pairs, sids, hashes, revs = [], [], [], []
+    after = 0
+    while True:
+        last, lengths, joined, *numbers = connection.execute(
+            _SELECT_STORED, (after, _READ_CHUNK_ROWS)).fetchone()
+        if last is None:
+            break
+        offsets = np.concatenate(([0], np.cumsum(_integers(lengths))))
+        if offsets[-1] != len(joined):
+            raise ValueError("the sid store returned pairs of unexpected lengths")
+        pairs.append(pa.LargeStringArray.from_buffers(
+            len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(joined)))
+        for column, text in zip((sids, hashes, revs), numbers, strict=True):
+            column.append(_integers(text))
+        after = last
+    if not pairs:
+        empty = np.array([], dtype=np.int64)
+        return pa.array([], pa.large_string()), empty, empty, empty
+    return (pa.concat_arrays(pairs),
+            *(np.concatenate(column) for column in (sids, hashes, revs)))
+
+
+def _integers(text: str) -> np.ndarray:
+    """Comma-separated integers (a group_concat) as int64, parsed in arrow."""
+    parts = pc.split_pattern(pa.array([text], pa.large_string()), ",").flatten()
+    return pc.cast(parts, pa.int64()).to_numpy()
+
+
+def _refuse_unusable_pairs(pairs: pa.Array) -> None:
+    if not pairs.null_count and len(pc.unique(pairs)) == len(pairs):
+        return
+    texts = pd.Series(pd.arrays.ArrowStringArray(pairs))
+    if texts.isna().any():
+        raise ValueError(f"{int(texts.isna().sum())} rule rows have no attribute_uuid or variant")
+    duplicated = texts[texts.duplicated()].unique()
     if len(duplicated):
         examples = ", ".join(duplicated[:3])
         raise ValueError(f"{len(duplicated)} (attribute_uuid, variant) pairs occur more than "
@@ -226,35 +304,59 @@ def _place(preferred: np.ndarray, taken: np.ndarray, size: int) -> np.ndarray:
 
 
 def _probe_upward(starts: np.ndarray, occupied: np.ndarray) -> list[int]:
-    """Linear probing with wrap-around, in the given order. `links` is a union-find over
-    occupied slots (each points at a later slot), so a long run of taken sids is walked
-    once, not once per collision."""
+    """Linear probing with wrap-around, in the given order. `jumps` maps an occupied slot
+    walked before to a later slot, every slot in between occupied (path compression), so
+    a long run of taken sids is walked once, not once per collision; it only holds slots
+    the collisions walked, whatever the size of the range."""
     size = len(occupied)
-    links_array = np.arange(size)
-    links_array[occupied] = (np.flatnonzero(occupied) + 1) % size
-    links: list[int] = links_array.tolist()
+    taken = bytearray(occupied.view(np.uint8).tobytes())
+    jumps: dict[int, int] = {}
     placed = []
     for start in starts.tolist():
-        slot = _find_free(links, start)
+        slot, walked = start, []
+        while taken[slot]:
+            walked.append(slot)
+            slot = jumps.get(slot, slot + 1) % size
+        for visited in walked:
+            jumps[visited] = slot
+        taken[slot] = 1
         placed.append(slot)
-        links[slot] = (slot + 1) % size
     return placed
-
-
-def _find_free(links: list[int], slot: int) -> int:
-    root = slot
-    while links[root] != root:
-        root = links[root]
-    while links[slot] != root:  # path compression
-        links[slot], slot = root, links[slot]
-    return root
 
 
 def write_sid_map(lines: pd.DataFrame) -> bytes:
     """The map as CSV, sorted by sid; values are quoted when they hold commas, quotes or
-    line breaks, so any CSV reader gets them back intact."""
-    table = lines[SID_MAP_COLUMNS].sort_values("sid", kind="stable")
-    return table.to_csv(index=False, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).encode()
+    line breaks (as Python's csv module does: `\\r` alone is not quoted), so any CSV
+    reader gets them back intact. Built in arrow, one column at a time: a map has a line
+    per rule."""
+    order = lines["sid"].reset_index(drop=True).sort_values(kind="stable").index
+    table = lines[SID_MAP_COLUMNS].iloc[order]
+    fields = [_csv_field(table[name]) for name in SID_MAP_COLUMNS]
+    header = (",".join(SID_MAP_COLUMNS) + "\n").encode()
+    if not len(table):
+        return header
+    rows = pc.binary_join_element_wise(*fields, pa.scalar(",", pa.large_string()))
+    whole = pa.LargeListArray.from_arrays(pa.array([0, len(rows)], pa.int64()), rows)
+    body = pc.binary_join(whole, pa.scalar("\n", pa.large_string()))[0].as_buffer()
+    return b"".join([header, memoryview(body), b"\n"])
+
+
+def _csv_field(column: pd.Series) -> pa.Array:
+    """One CSV column: NA empty, values with `,` `"` or a newline quoted, quotes doubled."""
+    if pd.api.types.is_integer_dtype(column.dtype):
+        text = pc.cast(pa.array(column.array), pa.large_string())
+    else:
+        text = _strings(column)
+    text = pc.fill_null(text, "")
+    needs_quotes = pc.match_substring_regex(text, '[,"\n]')
+    rows = np.flatnonzero(_mask(needs_quotes))
+    if not len(rows):
+        return text
+    quote = pa.scalar('"', pa.large_string())
+    quoted = pc.binary_join_element_wise(
+        quote, pc.replace_substring(text.take(pa.array(rows)), '"', '""'), quote,
+        pa.scalar("", pa.large_string()))
+    return pc.replace_with_mask(text, pa.array(_mask(needs_quotes)), quoted)
 
 
 def sid_map_for_alerts(path: Path | None, default: Path) -> pd.DataFrame | None:

@@ -8,6 +8,7 @@ map the sightings job reads.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,21 +86,38 @@ def build_ruleset(
     indicators: pd.DataFrame, settings: RulesSettings, sid_db: Path,
     customizations: Customizations | None, misp_url: str | None = None,
 ) -> RulesetBuild:
-    """`customizations` None: a fast rebuild, without them."""
+    """`customizations` None: a fast rebuild, without them.
+
+    The Flowmon and Zeek files are rendered in a second thread while the Suricata rules
+    are: both are mostly arrow kernels, which run without the GIL."""
     build = RulesetBuild({}, pd.DataFrame())
-    if settings.suricata:
-        allocator = SidAllocator(sid_db, settings.sid_range_start, settings.sid_range_end)
-        build = build_suricata(indicators, settings, allocator, customizations)
-        previous_map = settings.output_dir / SID_MAP_FILE
-        previous = read_sid_map(previous_map) if previous_map.exists() else None
-        build.rule_changes = diff_rules(previous, build.lines)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        others = pool.submit(_other_sensor_files, indicators, settings, misp_url)
+        if settings.suricata:
+            allocator = SidAllocator(sid_db, settings.sid_range_start, settings.sid_range_end)
+            build = build_suricata(indicators, settings, allocator, customizations)
+            previous_map = settings.output_dir / SID_MAP_FILE
+            previous = read_sid_map(previous_map) if previous_map.exists() else None
+            build.rule_changes = diff_rules(previous, build.lines)
+        files, refused = others.result()
+    build.files |= files
+    build.problems += refused
+    return build
+
+
+def _other_sensor_files(
+    indicators: pd.DataFrame, settings: RulesSettings, misp_url: str | None,
+) -> tuple[dict[str, bytes], list[ParseProblem]]:
+    """The Flowmon blacklists and the Zeek intel file, as settings ask, and the values
+    Flowmon refused."""
+    files: dict[str, bytes] = {}
+    refused: list[ParseProblem] = []
     if settings.flowmon:
         blacklists, refused = render_flowmon_blacklists(indicators)
-        build.files |= blacklists
-        build.problems += refused
+        files |= blacklists
     if settings.zeek:
-        build.files[ZEEK_FILE] = render_zeek_intel(indicators, misp_url=misp_url)
-    return build
+        files[ZEEK_FILE] = render_zeek_intel(indicators, misp_url=misp_url)
+    return files, refused
 
 
 def diff_rules(previous: pd.DataFrame | None, lines: pd.DataFrame) -> dict[str, int]:

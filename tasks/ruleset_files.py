@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,12 +75,14 @@ def publish_ruleset(
     output_dir.mkdir(parents=True, exist_ok=True)
     previous = current_files(output_dir)
     snapshot = snapshot_current(output_dir, moment)
-    for name in sorted(files, key=lambda n: (n.endswith(".rules"), n)):
-        write_atomically(output_dir / name, files[name])
-    removed = [name for name in previous if name not in files]
-    for name in removed:
-        (output_dir / name).unlink(missing_ok=True)
-    write_atomically(output_dir / MANIFEST, _manifest(files, moment))
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hashing runs while the files are written
+        manifest = pool.submit(_manifest, files, moment)
+        for name in sorted(files, key=lambda n: (n.endswith(".rules"), n)):
+            write_atomically(output_dir / name, files[name])
+        removed = [name for name in previous if name not in files]
+        for name in removed:
+            (output_dir / name).unlink(missing_ok=True)
+        write_atomically(output_dir / MANIFEST, manifest.result())
     prune_history(output_dir, keep)
     return PublishedRuleset({n: len(d) for n, d in files.items()}, snapshot, removed)
 

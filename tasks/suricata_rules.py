@@ -77,6 +77,7 @@ import pyarrow.compute as pc
 
 from misp_ndr.config import RulesSettings
 from tasks.detections import ParseProblem
+from tasks.flowmon_blacklists import sorted_distinct_lines
 from tasks.indicators import normalize_dns_names
 from tasks.ip_addresses import parse_addresses
 from tasks.rule_indicators import RESERVED_TOP_SIDS, RULE_VARIANTS, TAG_SEPARATOR
@@ -519,25 +520,25 @@ def _list_rule(settings: RulesSettings, kind: str, variant: str, value: str, hea
             "variant": variant, "value": value, "rule": rule}
 
 
-def _joined_lines(lines: pa.Array, prefix: bytes = b"") -> bytes:
+def _joined_lines(lines: pa.Array | pa.ChunkedArray, prefix: bytes = b"") -> bytes:
     """`prefix`, then the lines, each ending in a newline, as one bytes object built in
     arrow: a rules file runs to hundreds of MB, so no Python string per line and as few
-    copies as possible."""
-    if not len(lines):
-        return prefix
+    copies as possible (chunks are joined one by one, never concatenated first)."""
+    chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
+    pieces = [prefix]
+    for chunk in chunks:
+        if len(chunk):
+            pieces += [memoryview(_joined_chunk(chunk)), b"\n"]
+    return b"".join(pieces)
+
+
+def _joined_chunk(lines: pa.Array) -> pa.Buffer:
     large = pc.sum(pc.binary_length(lines)).as_py() + len(lines) >= 2**31 - 1
     lines = lines.cast(pa.large_string() if large else pa.string())
     list_type, offset_type = (pa.LargeListArray, pa.int64()) if large else (pa.ListArray,
                                                                             pa.int32())
     whole = list_type.from_arrays(pa.array([0, len(lines)], offset_type), lines)
-    joined = pc.binary_join(whole, pa.scalar("\n", lines.type))[0].as_buffer()
-    return b"".join([prefix, memoryview(joined), b"\n"])
-
-
-def _lines_file(lines: pa.Array) -> bytes:
-    """Distinct lines, sorted (stable diffs between runs), one per line."""
-    distinct = pc.unique(lines)
-    return _joined_lines(distinct.take(pc.sort_indices(distinct)))
+    return pc.binary_join(whole, pa.scalar("\n", lines.type))[0].as_buffer()
 
 
 def _dropped(count: int, what: str) -> None:
@@ -614,14 +615,14 @@ def render_list_rules(
     rules: list[dict[str, object]] = []
     files: dict[str, bytes] = {}
     for kind, (keyword, file_name, _digits) in HASH_LISTS.items():
-        files[file_name] = _lines_file(_hash_list(file_hashes, kind))
+        files[file_name] = sorted_distinct_lines(_hash_list(file_hashes, kind))
         if files[file_name]:
             rules.append(_list_rule(
                 settings, kind, keyword, file_name, "ip any any -> any any",
                 f"{kind} list - file hash listed in MISP", f"{keyword}:{file_name}; "))
 
     names = _dataset_names(dataset_members)
-    files[NAME_DATASET_FILE] = _lines_file(base64_lines(pc.unique(names)))
+    files[NAME_DATASET_FILE] = sorted_distinct_lines(base64_lines(pc.unique(names)))
     if files[NAME_DATASET_FILE]:
         for variant, (protocol, _before, _after) in _NAME_MATCHES.items():
             flow = "flow:established,to_server; " if variant != "dns" else ""
@@ -632,7 +633,7 @@ def render_list_rules(
                 f"load {NAME_DATASET_FILE}; {_CLIENT_TARGET}"))
 
     addresses = _iprep_addresses(dataset_members)
-    files[IPREP_FILE] = _lines_file(pc.binary_join_element_wise(
+    files[IPREP_FILE] = sorted_distinct_lines(pc.binary_join_element_wise(
         addresses, str(IPREP_CATEGORY_ID), str(IPREP_SCORE), ","))
     files[IPREP_CATEGORIES_FILE] = (
         f"{IPREP_CATEGORY_ID},{IPREP_CATEGORY},Addresses listed in MISP (misp-ndr)\n".encode())
@@ -655,7 +656,8 @@ def rules_file(lines: pd.DataFrame, header: str) -> bytes:
                 for line in header.splitlines()]
     prefix = "".join((line if line.startswith("#") else f"# {line}") + "\n" for line in comments)
     by_sid = np.argsort(lines["sid"].to_numpy(dtype=np.int64, na_value=-1), kind="stable")
-    return _joined_lines(_strings(lines["rule"]).take(pa.array(by_sid)), prefix.encode())
+    rules = pa.chunked_array(pd.array(lines["rule"], dtype="string").__arrow_array__())
+    return _joined_lines(rules.take(pa.array(by_sid)), prefix.encode())
 
 
 _ACTIONS = "alert|drop|pass|reject|rejectsrc|rejectdst|rejectboth"
@@ -691,21 +693,22 @@ def check_rules_file(content: bytes) -> list[str]:
     does not know keywords, so it is a guard against broken generation, not `suricata -T`."""
     if content and not content.endswith(b"\n"):
         return ["the last line is not terminated by a newline"]
-    all_lines, valid_utf8 = _file_lines(content)
-    rule_rows = np.flatnonzero(~_mask(pc.match_substring_regex(all_lines, r"^(?:#|\s*$)")))
-    lines = all_lines.take(pa.array(rule_rows))
-    numbers = rule_rows + 1
+    lines, valid_utf8 = _file_lines(content)
+    # comment and blank lines are checked along with the rules (a few header lines) and
+    # their results ignored: cheaper than copying hundreds of MB of rules out of the file
+    is_rule = ~_mask(pc.match_substring_regex(lines, r"^(?:#|\s*$)"))
+    numbers = np.arange(1, len(lines) + 1)
     clean_bytes = valid_utf8 and not content.translate(None, delete=_ALLOWED_BYTES)
     problems: list[tuple[int, str]] = []
-    found = np.zeros(len(lines), dtype=bool)
+    found = ~is_rule
     for pattern, why, matching_is_bad in (() if clean_bytes else _BYTE_CHECKS) + _LINE_CHECKS:
         matched = _mask(pc.match_substring_regex(lines, pattern))
         bad = (matched if matching_is_bad else ~matched) & ~found
         found |= bad
         problems += [(int(number), why) for number in numbers[bad]]
-    too_long = _mask(pc.greater(pc.binary_length(lines), MAX_RULE_BYTES))
+    too_long = _mask(pc.greater(pc.binary_length(lines), MAX_RULE_BYTES)) & is_rule
     problems += [(int(n), f"is longer than {MAX_RULE_BYTES} bytes") for n in numbers[too_long]]
-    problems += _sid_problems(lines, numbers, found)
+    problems += _sid_problems(lines, np.flatnonzero(is_rule), found)
     messages = [f"line {number}: {why}" for number, why in sorted(problems)]
     if len(messages) > MAX_CHECK_PROBLEMS:
         more = len(messages) - MAX_CHECK_PROBLEMS
@@ -718,7 +721,9 @@ def _file_lines(content: bytes) -> tuple[pa.Array, bool]:
     is valid UTF-8; where it is not, U+FFFD stands in and a line check reports it."""
     valid_utf8 = True
     try:
-        whole = pa.array([content], pa.large_binary()).cast(pa.large_string())
+        whole = pa.LargeBinaryArray.from_buffers(  # the bytes themselves, not a copy
+            pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, len(content)], np.int64)),
+                                   pa.py_buffer(content)]).cast(pa.large_string())
     except pa.ArrowInvalid:
         valid_utf8 = False
         whole = pa.array([content.decode("utf-8", errors="replace")], pa.large_string())
@@ -726,12 +731,17 @@ def _file_lines(content: bytes) -> tuple[pa.Array, bool]:
     return lines.slice(0, max(len(lines) - 1, 0)), valid_utf8  # nothing after the last \n
 
 
-def _sid_problems(lines: pa.Array, numbers: np.ndarray,
+def _sid_problems(lines: pa.Array, rule_rows: np.ndarray,
                   already_bad: np.ndarray) -> list[tuple[int, str]]:
+    """Rule lines (at `rule_rows`) without a sid, or sharing one."""
     sid_text = pc.struct_field(pc.extract_regex(lines, _SID), "sid")
-    sids = pd.Series(pc.cast(sid_text, pa.int64()).to_numpy(zero_copy_only=False),
-                     dtype="Int64") if len(lines) else pd.Series([], dtype="Int64")
-    missing = sids.isna().to_numpy() & ~already_bad
+    rule_sids = pc.cast(sid_text, pa.int64()).take(pa.array(rule_rows, pa.int64()))
+    if not rule_sids.null_count and len(pc.unique(rule_sids)) == len(rule_sids):
+        return []  # the usual case, without a pandas pass over millions of sids
+    numbers = rule_rows + 1
+    sids = pd.Series(rule_sids.to_numpy(zero_copy_only=False),
+                     dtype="Int64") if len(rule_rows) else pd.Series([], dtype="Int64")
+    missing = sids.isna().to_numpy() & ~already_bad[rule_rows]
     problems = [(int(number), "has no sid") for number in numbers[missing]]
     repeated = sids.notna() & sids.duplicated(keep=False)
     for sid, rows in sids[repeated].groupby(sids[repeated]).indices.items():

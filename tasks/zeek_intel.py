@@ -19,9 +19,12 @@ meta fields such characters become spaces.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from tasks.flowmon_blacklists import LINE_UNSAFE, line_unsafe
+from tasks.flowmon_blacklists import LINE_UNSAFE, line_unsafe, sorted_distinct_lines
 
 ZEEK_FIELDS = ("indicator", "indicator_type", "meta.source", "meta.desc", "meta.url")
 ZEEK_TYPES: dict[str, str] = {
@@ -42,45 +45,74 @@ def render_zeek_intel(
     indicators: pd.DataFrame, source: str = "MISP", misp_url: str | None = None
 ) -> bytes:
     """The file's bytes: header, then one line per distinct (indicator, type, event), sorted
-    so that an unchanged indicator set gives an unchanged file."""
-    table, _ = _zeek_rows(indicators, source, misp_url)
-    header = "#fields\t" + "\t".join(ZEEK_FIELDS) + "\n"
-    rows = table.drop_duplicates().sort_values(list(ZEEK_FIELDS))
-    lines = rows["indicator"].str.cat([rows[field] for field in ZEEK_FIELDS[1:]], sep="\t")
-    body = "\n".join(lines.tolist()) + "\n" if len(lines) else ""
-    return (header + body).encode()
+    so that an unchanged indicator set gives an unchanged file.
+
+    Lines are built, sorted and deduplicated as whole texts in arrow. No field holds a tab
+    or any character below it (they are refused or cleaned), so sorting the tab-joined
+    lines orders them exactly as sorting by the fields in turn would."""
+    values, types, written, _ = _zeek_rows(indicators)
+    header = ("#fields\t" + "\t".join(ZEEK_FIELDS) + "\n").encode()
+    # everything after the indicator depends on (type, event info, event UUID) alone: made
+    # once per distinct triple, then spread to the lines
+    parts = [pd.factorize(pd.Series(pd.arrays.ArrowStringArray(types)), use_na_sentinel=False),
+             pd.factorize(indicators["event_info"].astype("string"), use_na_sentinel=False),
+             pd.factorize(indicators["event_uuid"].astype("string"), use_na_sentinel=False)]
+    triple = parts[0][0][written]
+    for codes, uniques in parts[1:]:
+        triple = triple * (len(uniques) + 1) + codes[written]
+    rows, _ = pd.factorize(triple)
+    first = np.flatnonzero(written)[np.unique(rows, return_index=True)[1]]  # one per triple
+    source_field = meta_field(pd.Series([source] * len(first), dtype="string"))
+    tail = pc.binary_join_element_wise(
+        _arrow(pd.Series(pd.arrays.ArrowStringArray(types.take(pa.array(first))))),
+        _arrow(source_field),
+        _arrow(meta_field(indicators["event_info"].iloc[first])),
+        _arrow(_event_links(indicators["event_uuid"].iloc[first], misp_url)),
+        pa.scalar("\t", pa.large_string()))
+    lines = pc.binary_join_element_wise(values.filter(pa.array(written)),
+                                        tail.take(pa.array(rows)),
+                                        pa.scalar("\t", pa.large_string()))
+    return sorted_distinct_lines(lines, prefix=header)
 
 
 def zeek_intel_skipped(indicators: pd.DataFrame) -> dict[str, int]:
     """Indicators left out of the file, by reason, for the run report."""
-    _, skipped = _zeek_rows(indicators, "MISP", None)
-    return skipped
+    return _zeek_rows(indicators)[3]
 
 
-def _zeek_rows(
-    indicators: pd.DataFrame, source: str, misp_url: str | None
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    kinds = indicators["kind"].astype("string")
-    types = kinds.map(ZEEK_TYPES).astype("string")
-    skipped = {f"{kind} (no standard Zeek intel type)": int(count)
-               for kind, count in kinds[types.isna()].value_counts().items()}
-    chosen = indicators[types.notna()]
-    types = types[types.notna()]
-    values = chosen["value"].astype("string")
-    is_url = (chosen["kind"] == "url").to_numpy(dtype=bool)
-    values = values.where(~is_url, values.str.replace(URL_SCHEME, "", n=1, regex=True))
-    is_cidr = (chosen["kind"] == "ip") & values.str.contains("/", regex=False)
-    types = types.where(~is_cidr.fillna(False).astype(bool), "Intel::SUBNET")
-    unsafe = line_unsafe(values) | values.str.startswith("#").fillna(True).astype(bool)
-    if unsafe.any():
-        skipped[UNSAFE_INDICATOR] = int(unsafe.sum())
-    table = pd.DataFrame({
-        "indicator": values, "indicator_type": types,
-        "meta.source": meta_field(pd.Series(source, index=chosen.index, dtype="string")),
-        "meta.desc": meta_field(chosen["event_info"]),
-        "meta.url": _event_links(chosen["event_uuid"], misp_url),
-    })[~unsafe]
-    return table, skipped
+def _zeek_rows(indicators: pd.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray, dict[str, int]]:
+    """Per indicator its Zeek indicator text and type; whether its line is written, and
+    what was left out, by reason."""
+    kinds = _arrow(indicators["kind"])
+    known = pa.array(list(ZEEK_TYPES), pa.large_string())
+    types = pa.array(list(ZEEK_TYPES.values()), pa.large_string()).take(
+        pc.index_in(kinds, value_set=known))
+    has_type = _mask(pc.is_valid(types))
+    skipped = {f"{kind} (no standard Zeek intel type)": int(count) for kind, count in
+               pd.Series(pd.arrays.ArrowStringArray(kinds.filter(pa.array(~has_type))))
+               .value_counts().items()}
+    values = _arrow(indicators["value"])
+    is_url = pc.fill_null(pc.equal(kinds, "url"), False)
+    values = pc.if_else(is_url, pc.replace_substring_regex(values, URL_SCHEME, "",
+                                                           max_replacements=1), values)
+    is_cidr = pc.fill_null(pc.and_(pc.equal(kinds, "ip"), pc.match_substring(values, "/")),
+                           False)
+    types = pc.if_else(is_cidr, "Intel::SUBNET", types)
+    unsafe = pc.or_(pc.match_substring_regex(values, LINE_UNSAFE),
+                    pc.or_(pc.equal(pc.utf8_length(values), 0), pc.starts_with(values, "#")))
+    is_unsafe = has_type & ~_mask(pc.invert(pc.fill_null(unsafe, True)))
+    if is_unsafe.any():
+        skipped[UNSAFE_INDICATOR] = int(is_unsafe.sum())
+    return values, types, has_type & ~is_unsafe, skipped
+
+
+def _mask(condition: pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(condition, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _arrow(values: pd.Series) -> pa.Array:
+    chunked = pd.array(values, dtype="string").__arrow_array__()
+    return chunked.combine_chunks().cast(pa.large_string())
 
 
 def meta_field(texts: pd.Series) -> pd.Series:
