@@ -17,9 +17,12 @@ ignores one cannot widen what reaches the sensors; each row dropped that way is 
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -62,6 +65,9 @@ SKIP_WINDOW = "changed outside the window"
 SKIP_NOT_TAGGED = "event has none of the wanted tags"
 SKIP_EXCLUDED = "has an excluded tag"
 SKIP_REPEATED = "repeated on a later page"
+SKIP_REASONS = (SKIP_TYPE, SKIP_NOT_IDS, SKIP_UNPUBLISHED, SKIP_OLD, SKIP_WINDOW,
+                SKIP_NOT_TAGGED, SKIP_EXCLUDED)  # those `query_mask` counts, in its order
+CHUNK_ROWS = 10_000  # records converted at once by `attribute_table`
 
 
 @dataclass
@@ -149,29 +155,33 @@ def pull_attributes(
     now: datetime | None = None,
 ) -> PullResult:
     """Pages 1, 2, ... until MISP answers an empty page. Each page becomes a small table at
-    once (the JSON is dropped), so memory grows with the rows kept, not with the answers.
+    once, its JSON dropped before the next is asked for, and `query` is applied to it there,
+    so memory grows with the rows kept, not with the answers or their number.
     Any error mid-pull propagates: a partial pull never poses as a complete one."""
+    now = now or datetime.now(UTC)  # one moment: the request and the local check agree
     filters = restsearch_filters(query, now)
-    frames: list[pd.DataFrame] = []
+    kept: list[pd.DataFrame] = []
+    skipped: Counter[str] = Counter()
     previous_page: set[str] = set()
     page = 1
     while True:
-        records = client.search_attributes(filters, page, page_size)
-        if on_page is not None:
-            on_page(page, len(records))
-        if not records:
+        with _collector_paused():
+            frame = _page_frame(client, filters, page, page_size, on_page)
+        if frame is None:
             break
-        frame = _page_frame(records, page)
         uuids = set(frame["attribute_uuid"].dropna())
         if uuids and uuids <= previous_page:
             raise UnexpectedAnswerError(
                 f"MISP answered page {page} with the attributes of page {page - 1} again: "
                 "it does not honour paging (a proxy dropping the request body?)")
         previous_page = uuids
-        frames.append(frame)
+        keep, page_skipped = query_mask(frame, query, now)
+        skipped.update(page_skipped)
+        kept.append(frame.loc[keep, list(PULLED_ATTRIBUTE_COLUMNS)])
         page += 1
-    pulled = pd.concat(frames, ignore_index=True) if frames else working_table()
-    return select_pulled(pulled, query, pages=len(frames), now=now)
+    pulled = pd.concat(kept, ignore_index=True) if kept else working_table()
+    in_order = {reason: skipped[reason] for reason in SKIP_REASONS if reason in skipped}
+    return _without_repeats(pulled, in_order, pages=len(kept))
 
 
 def pull_misp_attributes(settings: MispSettings, query: AttributeQuery,
@@ -183,7 +193,16 @@ def pull_misp_attributes(settings: MispSettings, query: AttributeQuery,
     return pull_attributes(MispClient(settings), query, page_size, on_page=progress)
 
 
-def _page_frame(records: list[dict[str, Any]], page: int) -> pd.DataFrame:
+def _page_frame(client: MispClient, filters: dict[str, Any], page: int, page_size: int,
+                on_page: Callable[[int, int], None] | None) -> pd.DataFrame | None:
+    """One page as a working table (None: the empty page that ends the pull); its parsed
+    JSON lives only in here."""
+    records = client.search_attributes(filters, page, page_size)
+    if on_page is not None:
+        on_page(page, len(records))
+    if not records:
+        return None
+
     def pairs() -> Iterator[tuple[Any, Any]]:
         for attribute in records:
             yield attribute, attribute.get("Event") if isinstance(attribute, dict) else None
@@ -194,50 +213,107 @@ def _page_frame(records: list[dict[str, Any]], page: int) -> pd.DataFrame:
                                     f"attribute: {exc}") from None
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a page is parsed and converted. Its JSON is some
+    90 container objects per attribute, all alive until the page is a table, and freed by
+    reference counting after: collections in between only traverse them again and again
+    (a third of the pull's time without this, more in a worker with a large heap). The
+    switch is process-wide: it is only turned back on by whoever turned it off."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def working_table() -> pd.DataFrame:
     return empty_table(_WORKING_COLUMNS)
 
 
 def attribute_table(pairs: Iterable[tuple[Any, Any]]) -> pd.DataFrame:
     """(attribute, its event) JSON pairs -> one row each: PULLED_ATTRIBUTE_COLUMNS plus the
-    EVENT_COLUMNS the local filters need. One pass over the records (parsed JSON has no
-    vectorized form); types and times are converted column-wise afterwards."""
-    rows = [_attribute_row(position, attribute, event)
-            for position, (attribute, event) in enumerate(pairs, start=1)]
-    if not rows:
+    EVENT_COLUMNS the local filters need. Each pair is checked as it comes (so a caller
+    reading a stream can tell where a bad one was), then up to CHUNK_ROWS of them are
+    converted column by column and let go: memory follows the rows, not the JSON."""
+    frames: list[pd.DataFrame] = []
+    attributes: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for position, (attribute, event) in enumerate(pairs, start=1):
+        if not (isinstance(attribute, dict) and isinstance(attribute.get("uuid"), str)
+                and isinstance(attribute.get("type"), str) and isinstance(event, dict)
+                and isinstance(event.get("uuid"), str)):
+            raise _malformed(position, attribute, event)
+        attributes.append(attribute)
+        events.append(event)
+        if len(attributes) == CHUNK_ROWS:
+            frames.append(_chunk_table(attributes, events))
+            attributes, events = [], []
+    if attributes:
+        frames.append(_chunk_table(attributes, events))
+    if not frames:
         return working_table()
-    raw = pd.DataFrame(rows, columns=list(_WORKING_COLUMNS), dtype=object)
-    for flag in ("to_ids", "deleted", "event_published"):
-        raw[flag] = _flags(raw[flag])
-    for stamp in ("attribute_timestamp", "event_publish_timestamp"):
-        raw[stamp] = _epoch_times(raw[stamp])
-    raw["event_date"] = pd.to_datetime(raw["event_date"].astype("string"), format="%Y-%m-%d",
-                                       utc=True, errors="coerce")
-    return raw.astype(_WORKING_COLUMNS)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
-def _attribute_row(position: int, attribute: Any, event: Any) -> tuple[Any, ...]:
-    """One row in `_WORKING_COLUMNS` order."""
+def _malformed(position: int, attribute: Any, event: Any) -> MalformedAttribute:
+    """What is wrong with a record that failed the check in `attribute_table`."""
     if not isinstance(attribute, dict):
-        raise MalformedAttribute(f"record {position} is not an object")
+        return MalformedAttribute(f"record {position} is not an object")
     for key in ("uuid", "type"):
         if not isinstance(attribute.get(key), str):
-            raise MalformedAttribute(f"record {position} has no {key}")
-    if not isinstance(event, dict) or not isinstance(event.get("uuid"), str):
-        raise MalformedAttribute(f"attribute {attribute['uuid']} has no event uuid")
-    value = attribute.get("value")
-    event_tags = _tag_names(event.get("Tag"))
-    inherited = _tag_names(tag for tag in attribute.get("Tag") or []
-                           if isinstance(tag, dict) and _truthy(tag.get("inherited")))
-    all_tags = _tag_names(attribute.get("Tag"))
-    return (
-        attribute["uuid"], event["uuid"], event.get("info"), event.get("date"),
-        attribute.get("timestamp"), attribute["type"], attribute.get("category"),
-        None if value is None else str(value), attribute.get("to_ids"),
-        attribute.get("deleted", False),
-        _joined([*event_tags, *all_tags]), _joined([*event_tags, *inherited]),
-        event.get("published"), event.get("publish_timestamp"),
-    )
+            return MalformedAttribute(f"record {position} has no {key}")
+    return MalformedAttribute(f"attribute {attribute['uuid']} has no event uuid")
+
+
+def _chunk_table(attributes: list[dict[str, Any]], events: list[dict[str, Any]]) -> pd.DataFrame:
+    """Checked records -> working table rows: one list comprehension per column, then one
+    conversion each. Building a tuple per record, then an object frame converted column
+    by column, took longer than parsing MISP's answer."""
+    tags, event_tags = _tag_columns(attributes, events)
+    values = [attribute.get("value") for attribute in attributes]
+    columns = {
+        "attribute_uuid": _strings([attribute["uuid"] for attribute in attributes]),
+        "event_uuid": _strings([event["uuid"] for event in events]),
+        "event_info": _strings([event.get("info") for event in events]),
+        "event_date": _dates([event.get("date") for event in events]),
+        "attribute_timestamp": _epoch_times([attribute.get("timestamp")
+                                             for attribute in attributes]),
+        "type": _strings([attribute["type"] for attribute in attributes]),
+        "category": _strings([attribute.get("category") for attribute in attributes]),
+        "value": _strings([value if value is None or type(value) is str else str(value)
+                           for value in values]),
+        "to_ids": _flags([attribute.get("to_ids") for attribute in attributes]),
+        "deleted": _flags([attribute.get("deleted", False) for attribute in attributes]),
+        "tags": _strings(tags),
+        "event_tags": _strings(event_tags),
+        "event_published": _flags([event.get("published") for event in events]),
+        "event_publish_timestamp": _epoch_times([event.get("publish_timestamp")
+                                                 for event in events]),
+    }
+    return pd.DataFrame(columns).astype(_WORKING_COLUMNS)
+
+
+def _tag_columns(attributes: list[dict[str, Any]],
+                 events: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Per row, TAG_SEPARATOR-joined and each name once: every tag (the event's, then the
+    attribute's) and the event's own (its tags, then those the attribute inherited).
+    Each attribute of a restSearch page carries its own copy of its event: the names of
+    an event's tags are read once and reused while the copies compare equal."""
+    tags, event_tags = [], []
+    read: dict[str, tuple[Any, list[str]]] = {}  # event uuid -> its tags, their names
+    for attribute, event in zip(attributes, events, strict=True):
+        on_event = event.get("Tag")
+        known = read.get(event["uuid"])
+        if known is None or known[0] != on_event:
+            known = read[event["uuid"]] = (on_event, _tag_names(on_event))
+        names = known[1]
+        on_attribute, inherited = _attribute_tag_names(attribute.get("Tag"))
+        tags.append(TAG_SEPARATOR.join(dict.fromkeys(names + on_attribute)))
+        event_tags.append(TAG_SEPARATOR.join(dict.fromkeys(names + inherited)))
+    return tags, event_tags
 
 
 def _tag_names(tags: Any) -> list[str]:
@@ -252,35 +328,69 @@ def _tag_names(tags: Any) -> list[str]:
     return names
 
 
-def _joined(names: list[str]) -> str:
-    return TAG_SEPARATOR.join(dict.fromkeys(names))
+def _attribute_tag_names(tags: Any) -> tuple[list[str], list[str]]:
+    """`_tag_names` of an attribute's tags, and of those among them marked inherited (from
+    the event), in one pass."""
+    names, inherited = [], []
+    for tag in tags or []:
+        if not isinstance(tag, dict):
+            continue
+        inner = tag.get("Tag", tag)
+        name = inner.get("name") if isinstance(inner, dict) else None
+        if isinstance(name, str) and name:
+            name = name.replace(TAG_SEPARATOR, " ")
+            names.append(name)
+            if _truthy(tag.get("inherited")):
+                inherited.append(name)
+    return names, inherited
 
 
 def _truthy(value: Any) -> bool:
     return value is True or str(value).strip().lower() in ("1", "true")
 
 
-def _flags(values: pd.Series) -> pd.Series:
+def _strings(values: list[Any]) -> pd.api.extensions.ExtensionArray:
+    return pd.array(values, dtype="string")
+
+
+def _flags(values: list[Any]) -> pd.api.extensions.ExtensionArray:
     """MISP writes flags as true/false, 1/0 or "1"/"0" depending on version; else NA."""
-    text = values.astype("string").str.strip().str.lower()
-    return text.map(_FLAGS).astype("boolean")
+    return pd.array([value if value is True or value is False
+                     else None if value is None else _FLAGS.get(str(value).strip().lower())
+                     for value in values], dtype="boolean")
 
 
-def _epoch_times(values: pd.Series) -> pd.Series:
-    seconds = pd.to_numeric(values.astype("string"), errors="coerce")
+def _epoch_times(values: list[Any]) -> pd.DatetimeIndex:
+    """Epoch seconds, as text or numbers; else NaT. Plain digits (what MISP sends) are
+    parsed by Arrow: `to_numeric` on text costs more than the rest of the column."""
+    text = _strings(values)
+    arrow = pa.array(text)
+    if pc.all(pc.match_substring_regex(arrow, r"^[0-9]{1,18}$")).as_py():
+        seconds = pd.array(pc.cast(arrow, pa.int64()), dtype="Int64")
+    else:
+        seconds = pd.to_numeric(text, errors="coerce")
     return pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+
+
+def _dates(values: list[Any]) -> pd.DatetimeIndex:
+    return pd.to_datetime(_strings(values), format="%Y-%m-%d", utc=True, errors="coerce")
 
 
 def select_pulled(pulled: pd.DataFrame, query: AttributeQuery, pages: int,
                   now: datetime | None = None) -> PullResult:
-    """Apply `query` to pulled rows, drop repeats of an attribute (the last copy wins:
-    offset paging can show an attribute twice if MISP changes mid-pull) and count both."""
+    """Apply `query` to pulled rows, drop repeats of an attribute and count both."""
     keep, skipped = query_mask(pulled, query, now)
-    kept = pulled[keep]
+    return _without_repeats(pulled[keep], skipped, pages)
+
+
+def _without_repeats(kept: pd.DataFrame, skipped: dict[str, int], pages: int) -> PullResult:
+    """Rows that passed the query, without repeats of an attribute (the last copy wins:
+    offset paging can show an attribute twice if MISP changes mid-pull), counted."""
     repeated = kept["attribute_uuid"].duplicated(keep="last").to_numpy()
     if repeated.any():
         skipped[SKIP_REPEATED] = int(repeated.sum())
-    kept = kept[~repeated].reindex(columns=list(PULLED_ATTRIBUTE_COLUMNS))
+        kept = kept[~repeated]
+    kept = kept.reindex(columns=list(PULLED_ATTRIBUTE_COLUMNS))
     kept = kept.astype(PULLED_ATTRIBUTE_COLUMNS).reset_index(drop=True)
     by_type = {str(kind): int(count)
                for kind, count in kept["type"].value_counts(sort=False).sort_index().items()}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -17,10 +19,13 @@ from misp_ndr.errors import AuthError, RejectedError, TransientError
 from tasks.misp import MispClient, UnexpectedAnswerError
 from tasks.misp_pull import (
     SKIP_EXCLUDED,
+    SKIP_NOT_IDS,
     SKIP_NOT_TAGGED,
     SKIP_REPEATED,
     SKIP_TYPE,
     AttributeQuery,
+    MalformedAttribute,
+    attribute_table,
     pull_attributes,
     pull_misp_attributes,
     restsearch_filters,
@@ -267,3 +272,94 @@ def test_pull_from_settings_logs_each_page(rsps: responses.RequestsMock,
     assert len(result.attributes) == 2
     assert [record.getMessage() for record in caplog.records] == [
         "MISP attribute search page 1: 2 attributes", "MISP attribute search page 2: 0 attributes"]
+
+
+class HandedPages:
+    """A client answering restSearch from lists; it sees, at each request, whether the
+    pages it handed out are still alive and whether the collector runs."""
+
+    def __init__(self, *pages: list[dict[str, Any]]) -> None:
+        self.pages = pages
+        self.handed: list[weakref.ref[Any]] = []
+        self.alive_at_request: list[list[bool]] = []
+        self.collector_on: list[bool] = []
+
+    def search_attributes(self, filters: dict[str, Any], page: int,
+                          limit: int) -> list[dict[str, Any]]:
+        self.alive_at_request.append([ref() is not None for ref in self.handed])
+        self.collector_on.append(gc.isenabled())
+        answer = Answered(self.pages[page - 1] if page <= len(self.pages) else [])
+        self.handed.append(weakref.ref(answer))
+        return answer
+
+
+class Answered(list[Any]):
+    """A page's parsed JSON; unlike a plain list, it can be weakly referenced."""
+
+
+def test_each_page_is_let_go_before_the_next_is_asked_for() -> None:
+    client = HandedPages([attribute(1), attribute(2)], [attribute(3)])
+    result = pull_attributes(client, full_query(), page_size=2, now=NOW)  # type: ignore[arg-type]
+    assert len(result.attributes) == 3
+    assert client.alive_at_request == [[], [False], [False, False]]
+
+
+def test_the_collector_pauses_while_a_page_is_read_and_is_left_as_it_was() -> None:
+    assert gc.isenabled()
+    client = HandedPages([attribute(1)])
+    pull_attributes(client, full_query(), page_size=1, now=NOW)  # type: ignore[arg-type]
+    assert client.collector_on == [False, False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        pull_attributes(HandedPages([attribute(1)]), full_query(), page_size=1,
+                        now=NOW)  # type: ignore[arg-type]
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_rows_left_out_are_counted_over_all_pages_in_the_order_of_the_checks(
+    rsps: responses.RequestsMock,
+) -> None:
+    RestSearch(rsps, page(attribute(1, to_ids=False), attribute(2)),
+               page(attribute(3, "email-src", "a@evil.example"), attribute(4, deleted=True)))
+    result = pull_attributes(client(), full_query(), page_size=2, now=NOW)
+    assert list(result.attributes["attribute_uuid"].str[-1]) == ["2"]
+    assert list(result.skipped.items()) == [(SKIP_TYPE, 1), (SKIP_NOT_IDS, 2)]
+
+
+def test_times_in_any_form_misp_sends_them_and_nat_for_anything_else(
+    rsps: responses.RequestsMock,
+) -> None:
+    digits = page(attribute(1, timestamp="1795150001"), attribute(2, timestamp=1795150002))
+    mixed = page(attribute(3, timestamp="1795150003.5"), attribute(4, timestamp="soon"),
+                 attribute(5, timestamp=None))
+    RestSearch(rsps, digits, mixed)
+    result = pull_attributes(client(), full_query(), page_size=3, now=NOW)
+    assert list(result.attributes["attribute_timestamp"]) == [
+        pd.Timestamp(1795150001, unit="s", tz="UTC"), pd.Timestamp(1795150002, unit="s", tz="UTC"),
+        pd.Timestamp(1795150003.5, unit="s", tz="UTC"), pd.NaT, pd.NaT]
+
+
+def test_copies_of_one_event_on_a_page_are_each_read_for_their_own_tags(
+    rsps: responses.RequestsMock,
+) -> None:
+    retagged = {**EVENT, "Tag": [{"name": "tlp:amber"}]}  # same uuid, other tags
+    RestSearch(rsps, page(attribute(1), attribute(2, event=retagged), attribute(3)))
+    result = pull_attributes(client(), full_query(), page_size=3, now=NOW)
+    assert [tags.split(TAG_SEPARATOR) for tags in result.attributes["tags"]] == [
+        ["tlp:green", "apt:loader"], ["tlp:amber"], ["tlp:green", "apt:loader"]]
+
+
+def test_a_long_stream_of_records_is_converted_in_chunks_with_the_same_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = [attribute(number, value=f"91.198.174.{number}") for number in range(1, 6)]
+    whole = attribute_table((record, record["Event"]) for record in records)
+    monkeypatch.setattr("tasks.misp_pull.CHUNK_ROWS", 2)
+    chunked = attribute_table((record, record["Event"]) for record in records)
+    pd.testing.assert_frame_equal(chunked, whole)
+    broken = [*records[:3], {"type": "ip-dst"}, records[4]]
+    with pytest.raises(MalformedAttribute, match="record 4 has no uuid"):
+        attribute_table((record, EVENT) for record in broken)
