@@ -363,3 +363,17 @@ def test_a_long_stream_of_records_is_converted_in_chunks_with_the_same_rows(
     broken = [*records[:3], {"type": "ip-dst"}, records[4]]
     with pytest.raises(MalformedAttribute, match="record 4 has no uuid"):
         attribute_table((record, EVENT) for record in broken)
+
+
+def test_pages_joined_into_blocks_as_the_pull_goes_give_the_same_table(
+    rsps: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pages = [page(attribute(n), attribute(n + 1, to_ids=False), attribute(n + 2))
+             for n in range(1, 16, 3)]
+    RestSearch(rsps, *pages)
+    whole = pull_attributes(client(), full_query(), page_size=3, now=NOW)
+    monkeypatch.setattr("tasks.misp_pull.BLOCK_ROWS", 3)  # a block every second page
+    blocked = pull_attributes(client(), full_query(), page_size=3, now=NOW)
+    pd.testing.assert_frame_equal(blocked.attributes, whole.attributes)
+    assert (blocked.pages, blocked.skipped) == (whole.pages, whole.skipped) == (
+        5, {SKIP_NOT_IDS: 5})
