@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.ledger_db import SQLITE_MAX_PARAMETERS, open_ledger_db
+from tasks.ledger_db import SQLITE_MAX_PARAMETERS, LedgerFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exported_event (
@@ -26,21 +26,12 @@ CREATE TABLE IF NOT EXISTS exported_event (
 """
 
 
-class ExportLedger:
+class ExportLedger(LedgerFile):
     """SQLite file under the state directory; one row per (destination, event UUID)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = open_ledger_db(path, SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> ExportLedger:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
+        super().__init__(path, SCHEMA)
 
     def fingerprints(self, destination: str, uuids: Iterable[str]) -> dict[str, str]:
         """Fingerprint last exported for each of `uuids` that was exported before."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Self
 
 LOCK_WAIT_SECONDS = 30
 SQLITE_MAX_PARAMETERS = 500  # bound parameters per statement, well under SQLite's limit
@@ -23,3 +24,19 @@ def open_ledger_db(path: Path, schema: str) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(schema)
     return db
+
+
+class LedgerFile:
+    """A ledger's open database, closed by `with` (or `close`)."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self._db = open_ledger_db(path, schema)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -14,7 +14,7 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.ledger_db import SQLITE_MAX_PARAMETERS, open_ledger_db
+from tasks.ledger_db import SQLITE_MAX_PARAMETERS, LedgerFile
 
 PENDING = "pending"
 SENT = "sent"
@@ -31,20 +31,11 @@ CREATE TABLE IF NOT EXISTS sighting (
 """
 
 
-class SightingLedger:
+class SightingLedger(LedgerFile):
     """SQLite file under the state directory; one row per (destination, sighting key)."""
 
     def __init__(self, path: Path) -> None:
-        self._db = open_ledger_db(path, SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> SightingLedger:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
+        super().__init__(path, SCHEMA)
 
     def states(self, destination: str, keys: Iterable[str]) -> dict[str, str]:
         """State of each of `keys` the ledger knows."""
