@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import reliability as reliability_report
+
 SAMPLES = Path(__file__).resolve().parent.parent / "misp_ndr" / "samples"
 
 # As the CLI does: the test server's telemetry heartbeat only races its own SQLite start-up.
@@ -30,3 +32,14 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest) -> reliability_report.Recorder:
+    """Records a fault-injection outcome for docs/reliability.md, and asserts it is clean."""
+    rows = request.session.stash.setdefault(reliability_report.ROWS_KEY, [])
+    return reliability_report.Recorder(rows, request.node.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reliability_report.write_report(session, exitstatus)
