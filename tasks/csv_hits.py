@@ -13,7 +13,6 @@ ISO 8601 (an offset is honoured, none means UTC) or Unix epoch seconds.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pandas as pd
 
 from misp_ndr.errors import InputError
 from misp_ndr.task_policy import batch_task
-from tasks.detections import ParseProblem, times_to_utc
+from tasks.detections import ParseProblem, checked_line, times_to_utc, unpaired_surrogate
 from tasks.sighting_hits import HitBatch, normalize_hits
 from tasks.suricata import BadRecord, json_object
 
@@ -35,6 +34,10 @@ _EPOCH_SECONDS = r"\d+(?:\.\d+)?"
 # number is epoch milliseconds written by mistake, which must not become a far-future time.
 _MAX_EPOCH_SECONDS = 9_000_000_000
 _FIRST_CHARACTER = re.compile(r"\s*(\S)")
+# A CSV file's physical lines, ends kept, split as the csv module wants them (newline=""):
+# at \r\n, \r or \n. Yielded one at a time, where io.StringIO would hold the whole text
+# again at 4 bytes a character.
+_PHYSICAL_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 
 # One input record: its line or item number, the raw value / time / sensor (str or None) and
 # the record itself, kept only to quote it in a problem.
@@ -57,6 +60,7 @@ def read_hit_file(path: str | Path, default_sensor: str = "csv") -> HitBatch:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"hit file {path} is not UTF-8 text (byte {exc.start})") from None
+    del data  # the text is all we need: half the memory while parsing a big file
     return _parse(text, path.name, str(path), default_sensor)
 
 
@@ -113,6 +117,10 @@ def _json_line_rows(text: str) -> tuple[list[_Row], list[_Problem]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        checked = checked_line("", line)
+        if isinstance(checked, ParseProblem):
+            problems.append((number, checked.reason, checked.excerpt))
+            continue
         try:
             rows.append(_json_row(number, json_object(line), line))
         except BadRecord as exc:
@@ -132,7 +140,10 @@ def _json_row(number: int, record: dict[str, Any], quoted: Any) -> _Row:
     time = fields.get(TIME)
     time_text = time if time is None or isinstance(time, str) else json.dumps(time)
     sensor = fields.get(SENSOR)
-    return number, value, time_text, sensor if isinstance(sensor, str) else None, quoted
+    sensor = sensor if isinstance(sensor, str) else None
+    if (reason := unpaired_surrogate([value, time_text, sensor])) is not None:
+        raise BadRecord(reason)
+    return number, value, time_text, sensor, quoted
 
 
 def _csv_rows(text: str, label: str) -> tuple[list[_Row], list[_Problem]]:
@@ -140,7 +151,7 @@ def _csv_rows(text: str, label: str) -> tuple[list[_Row], list[_Problem]]:
     trailing `,,,` of spreadsheet exports) are blank lines, not records. The csv module
     cannot resume after its own error (a field over its size limit), so that one is an
     `InputError` for the whole file."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(match.group() for match in _PHYSICAL_LINE.finditer(text))
     try:
         value_at, time_at, sensor_at = _csv_columns(reader, label)
         rows: list[_Row] = []

@@ -8,8 +8,11 @@ whatever they cannot read becomes a `ParseProblem`.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -70,6 +73,87 @@ class ParseProblem:
     def make(source: str, reason: str, record: str | bytes = "") -> ParseProblem:
         text = record.decode("utf-8", "replace") if isinstance(record, bytes) else record
         return ParseProblem(source, reason, text[:120])
+
+
+# One input record (a line of eve.json, of a Flowmon batch, of a JSON lines hit file) longer
+# than this is refused, as one problem, without being parsed or even held in memory: a real
+# record is far smaller (an ADS event naming 100,000 targets is under 2 MB), and parsing a
+# huge line is what costs memory (a JSON array of empty objects takes 20 times its text).
+# Bytes for files; characters for text handed over already decoded (webhook payloads).
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+_SKIP_CHUNK_BYTES = 1 << 20
+_UTF8_BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class OverlongLine:
+    """A line past `MAX_RECORD_BYTES`, read past rather than kept: its start and length."""
+
+    head: bytes
+    length: int
+
+
+def bounded_lines(
+    handle: BinaryIO, limit: int = MAX_RECORD_BYTES
+) -> Iterator[bytes | OverlongLine]:
+    """The lines of a binary file, but a line longer than `limit` bytes (newline aside) comes
+    as an `OverlongLine`: memory stays within `limit` whatever the file holds."""
+    while line := handle.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        head, length = line[:120], len(line)
+        del line
+        while (rest := handle.readline(_SKIP_CHUNK_BYTES)) and not rest.endswith(b"\n"):
+            length += len(rest)
+        length += len(rest.rstrip(b"\r\n"))
+        yield OverlongLine(head, length)
+
+
+def record_line(number: int, raw: str | bytes | OverlongLine) -> str | bytes | OverlongLine:
+    """One input line without its line end, and without the byte order mark some Windows
+    tools put before line 1 (it would otherwise stick to the first record's first field)."""
+    if isinstance(raw, OverlongLine):
+        return raw
+    if isinstance(raw, bytes):
+        line = raw.rstrip(b"\r\n")
+        return line.removeprefix(_UTF8_BOM.encode()) if number == 1 else line
+    text = raw.rstrip("\r\n")
+    return text.removeprefix(_UTF8_BOM) if number == 1 else text
+
+
+def is_blank(line: str | bytes | OverlongLine) -> bool:
+    return not isinstance(line, OverlongLine) and not line.strip()
+
+
+def checked_line(
+    source: str, line: str | bytes | OverlongLine, limit: int = MAX_RECORD_BYTES
+) -> str | bytes | ParseProblem:
+    """The line, when within the record size limit; else the problem naming it."""
+    if isinstance(line, OverlongLine):
+        return ParseProblem.make(source, _overlong_reason(line.length, limit), line.head)
+    if len(line) > limit:
+        return ParseProblem.make(source, _overlong_reason(len(line), limit), line[:120])
+    return line
+
+
+def _overlong_reason(length: int, limit: int) -> str:
+    return (f"record of {length} bytes is longer than the {limit}-byte limit for one record: "
+            "not read")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unpaired_surrogate(values: Iterable[object]) -> str | None:
+    """Why a record's texts are not Unicode, or None. JSON may escape half of a UTF-16 pair
+    ("\\ud800"), which decodes to a string no UTF-8 encoder (Arrow, MISP) accepts: one such
+    field would otherwise fail the whole batch far from its line."""
+    for value in values:
+        if isinstance(value, str) and not value.isascii() and (
+                found := _SURROGATE.search(value)):
+            return f"text with an unpaired UTF-16 surrogate (\\u{ord(found.group()):04x})"
+    return None
 
 
 @dataclass

@@ -43,6 +43,7 @@ from tasks.detections import (
     empty_detections,
     normalize_detections,
     times_to_utc,
+    unpaired_surrogate,
 )
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,23 @@ def address_list_text(value: Any) -> str | None:
 
 def text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def scalar_text(value: Any) -> str | None:
+    """A free-text field (method, description, detail, probe) as text; an object, a list or
+    a boolean where text belongs is no value, not its Python repr in a MISP event."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value)
+
+
+def event_id_problem(value: Any) -> str | None:
+    """Why an event's `id` cannot be a detection id: only text and integers identify an
+    event (str(True), str([]) or str(1.5) would make up an id, hence a MISP event UUID)."""
+    if value is None or isinstance(value, str) or (
+            isinstance(value, int) and not isinstance(value, bool)):
+        return None
+    return f"event id is {json.dumps(value, default=str)[:40]}, not text or an integer"
 
 
 def excerpt_text(record: Any) -> str:
@@ -250,11 +268,18 @@ def parse_api_events(
     records: list[dict[str, Any]] = []
     problems: list[ParseProblem] = []
     for position, event in enumerate(events, start=1):
-        if not isinstance(event, dict):
+        reason = "not a JSON object" if not isinstance(event, dict) else event_id_problem(
+            event.get("id"))
+        if reason is not None:
             problems.append(ParseProblem.make(
-                f"{origin} record {position}", "not a JSON object", excerpt_text(event)))
+                f"{origin} record {position}", reason, excerpt_text(event)))
             continue
-        records.append(_api_event_record(event, origin, position))
+        record = _api_event_record(event, origin, position)
+        texts = (value for column, value in record.items() if column != "record")
+        if (reason := unpaired_surrogate(texts)) is not None:
+            problems.append(ParseProblem.make(record["where"], reason, excerpt_text(event)))
+            continue
+        records.append(record)
     batch = ads_records_to_batch(
         pd.DataFrame(records, columns=ADS_RECORD_COLUMNS), timezone, min_priority
     )
@@ -263,17 +288,18 @@ def parse_api_events(
 
 def _api_event_record(event: dict[str, Any], origin: str, position: int) -> dict[str, Any]:
     event_id = text_or_none(event.get("id"))
-    where = f"{origin} event {event_id}" if event_id else f"{origin} record {position}"
+    where = (f"{origin} event {event_id.strip()}" if event_id and event_id.strip()
+             else f"{origin} record {position}")
     return {
         "position": position,
         "where": where,
         "record": event,
         "detection_id": event_id,
         "time": text_or_none(event.get("time", event.get("timestamp"))),
-        "method": text_or_none(event.get("type")),
-        "method_description": text_or_none(event.get("typeDesc")),
+        "method": scalar_text(event.get("type")),
+        "method_description": scalar_text(event.get("typeDesc")),
         "priority": text_or_none(event.get("priority", event.get("severity"))),
-        "detail": text_or_none(event.get("detail")),
+        "detail": scalar_text(event.get("detail")),
         "src_ip": address_list_text(event.get("source")),
         "targets": address_list_text(event.get("targets")),
         "protocol": None,
@@ -284,7 +310,7 @@ def _api_event_record(event: dict[str, Any], origin: str, position: int) -> dict
 
 def _flow_source_name(value: Any) -> str | None:
     """`nfSource` is a name in the events seen; an object would carry it as `name`."""
-    return text_or_none(value.get("name") if isinstance(value, dict) else value)
+    return scalar_text(value.get("name") if isinstance(value, dict) else value)
 
 
 # --- REST API client ------------------------------------------------------------------------
@@ -418,6 +444,9 @@ class FlowmonClient:
             return None
         try:
             return answer.json()
+        except RecursionError:
+            raise RejectedError(f"{SYSTEM} answered {what} with JSON nested too deeply to "
+                                "read") from None
         except ValueError:
             raise RejectedError(
                 f"{SYSTEM} answered {what} with something that is not JSON: check that "

@@ -27,6 +27,7 @@ being Suricata-based.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,24 @@ import pandas as pd
 
 from misp_ndr.errors import InputError
 from misp_ndr.task_policy import batch_task
-from tasks.detections import ParsedBatch, ParseProblem, Priority
+from tasks.detections import (
+    OverlongLine,
+    ParsedBatch,
+    ParseProblem,
+    Priority,
+    bounded_lines,
+    checked_line,
+    is_blank,
+    record_line,
+    unpaired_surrogate,
+)
 from tasks.flowmon import (
     ADS_RECORD_COLUMNS,
     address_list_text,
     ads_records_to_batch,
     check_timezone,
+    event_id_problem,
+    scalar_text,
     text_or_none,
 )
 from tasks.suricata import severity_priority
@@ -66,15 +79,24 @@ class _BadLine(ValueError):
 
 
 def read_custom_script_batch(path: str | Path, timezone: str = "UTC") -> ParsedBatch:
-    """A batch saved to a file (the CLI spools standard input there first)."""
+    """A batch saved to a file (the CLI spools standard input there first), streamed line
+    by line: a line over `MAX_RECORD_BYTES` is reported, never held in memory."""
     path = Path(path)
+    check_timezone(timezone)
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        with path.open("rb") as handle:
+            return parse_custom_script_lines(
+                _decoded(bounded_lines(handle)), origin=path.name, timezone=timezone)
     except OSError as exc:
         raise InputError(
             f"cannot read Flowmon batch {path}: {exc.strerror or type(exc).__name__}"
         ) from None
-    return parse_custom_script_batch(text, origin=path.name, timezone=timezone)
+
+
+def _decoded(lines: Iterable[bytes | OverlongLine]) -> Iterator[str | OverlongLine]:
+    """ADS text is UTF-8; a stray byte becomes U+FFFD rather than costing the event."""
+    for line in lines:
+        yield line if isinstance(line, OverlongLine) else line.decode("utf-8", "replace")
 
 
 def parse_custom_script_batch(
@@ -82,17 +104,30 @@ def parse_custom_script_batch(
 ) -> ParsedBatch:
     """The detections of one custom-script batch. `timezone` is the appliance clock's IANA
     zone: ADS writes local times without an offset."""
+    return parse_custom_script_lines(text.split("\n"), origin, timezone)
+
+
+def parse_custom_script_lines(
+    lines: Iterable[str | OverlongLine], origin: str = "flowmon batch", timezone: str = "UTC"
+) -> ParsedBatch:
+    """`parse_custom_script_batch` over lines (split on newlines only, as ADS writes them)."""
     check_timezone(timezone)
     json_records: list[dict[str, Any]] = []
     tsv_lines: dict[int, list[tuple[int, str, list[str]]]] = {n: [] for n in TSV_LAYOUTS}
     problems: list[ParseProblem] = []
     records_read = 0
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.rstrip("\r")
-        if not line.strip():
+    for number, raw in enumerate(lines, start=1):
+        line = record_line(number, raw)
+        if is_blank(line):
             continue
         records_read += 1
         where = f"{origin} line {number}"
+        checked = checked_line(where, line)
+        if isinstance(checked, ParseProblem):
+            problems.append(checked)
+            continue
+        assert isinstance(checked, str)  # text lines in, text lines out
+        line = checked
         try:
             if line.lstrip().startswith("{"):
                 json_records.append(_json_record(number, where, line))
@@ -145,8 +180,12 @@ def _json_record(number: int, where: str, line: str) -> dict[str, Any]:
         event = json.loads(line)
     except ValueError as exc:
         raise _BadLine(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise _BadLine("JSON nested too deeply") from None
     if not isinstance(event, dict):
         raise _BadLine("not a JSON object")
+    if (reason := event_id_problem(event.get("id"))) is not None:
+        raise _BadLine(reason)
     keys = ADS_JSON_KEYS if "timestamp" in event else IDS_JSON_KEYS
     return _keyed_json_record(number, where, line, event, keys)
 
@@ -158,7 +197,10 @@ ADS_JSON_KEYS = {"detection_id": "id", "time": "timestamp", "method": "type",
 IDS_JSON_KEYS = {"detection_id": "id", "time": "firstSeen", "method_description": "category",
                  "priority": "severity", "detail": "signatureName", "src_ip": "srcIp",
                  "targets": "dstIp"}
-_ADDRESS_COLUMNS = ("src_ip", "targets")
+# How a JSON value becomes a record column: free text by default. A wrong-typed time or
+# priority is kept as written so its problem shows it ("unreadable time '[]'").
+_READERS = {"src_ip": address_list_text, "targets": address_list_text,
+            "detection_id": text_or_none, "time": text_or_none, "priority": text_or_none}
 
 
 def _keyed_json_record(
@@ -167,8 +209,10 @@ def _keyed_json_record(
     record: dict[str, Any] = {"position": number, "where": where, "record": line,
                               "method": IDS_METHOD, "protocol": None, "ports": None}
     for column, key in keys.items():
-        read = address_list_text if column in _ADDRESS_COLUMNS else text_or_none
-        record[column] = read(event.get(key))
+        record[column] = _READERS.get(column, scalar_text)(event.get(key))
+    if (reason := unpaired_surrogate(value for column, value in record.items()
+                                     if column != "record")) is not None:
+        raise _BadLine(reason)
     return record
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 
@@ -21,18 +22,26 @@ from misp_ndr.errors import InputError
 from misp_ndr.task_policy import batch_task
 from tasks.detections import (
     HAS_UTC_OFFSET,
+    OverlongLine,
     ParsedBatch,
     ParseProblem,
     Priority,
+    bounded_lines,
+    checked_line,
     empty_detections,
+    is_blank,
     normalize_detections,
+    record_line,
     times_to_utc,
+    unpaired_surrogate,
 )
 
 SOURCE_SYSTEM = "suricata"
 SEVERITY_PRIORITY: dict[int, Priority] = {1: Priority.HIGH, 2: Priority.MEDIUM, 3: Priority.LOW}
 REPEATED_ALERT = "alert repeated on the same flow and signature"
 LINE_HASH_CHARS = 16
+# ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() then rejects or reads.
+_DECIMAL_INTEGER = re.compile(r"[0-9]+")
 
 _ALERT_COLUMNS = [
     "line", "record", "detection_id", "timestamp", "method", "method_description", "priority",
@@ -58,9 +67,10 @@ def read_eve_file(path: str | Path) -> ParsedBatch:
 
 
 @contextmanager
-def eve_lines(path: Path) -> Iterator[Iterator[bytes]]:
+def eve_lines(path: Path) -> Iterator[Iterator[bytes | OverlongLine]]:
     """Stream an eve.json file's lines; a file that cannot be opened or read is an
-    `InputError` (a bad line is not: the parsers report it and go on)."""
+    `InputError` (a bad line is not: the parsers report it and go on). A line over
+    `MAX_RECORD_BYTES` is read past, never held: see `bounded_lines`."""
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -71,24 +81,31 @@ def eve_lines(path: Path) -> Iterator[Iterator[bytes]]:
         yield _lines(handle, path)
 
 
-def _lines(handle: Iterable[bytes], path: Path) -> Iterator[bytes]:
+def _lines(handle: BinaryIO, path: Path) -> Iterator[bytes | OverlongLine]:
     try:
-        yield from handle
+        yield from bounded_lines(handle)
     except OSError as exc:
         raise InputError(f"reading Suricata eve file {path} failed: {exc}") from None
 
 
-def parse_eve_lines(lines: Iterable[str | bytes], origin: str = "eve.json") -> ParsedBatch:
+def parse_eve_lines(
+    lines: Iterable[str | bytes | OverlongLine], origin: str = "eve.json"
+) -> ParsedBatch:
     """Alerts of eve JSON lines; each unreadable line becomes a problem naming its number."""
     alerts: list[tuple[Any, ...]] = []
     problems: list[ParseProblem] = []
     skipped: dict[str, int] = {}
     records_read = 0
     for number, raw in enumerate(lines, start=1):
-        line = raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw.rstrip("\r\n")
-        if not line.strip():
+        line = record_line(number, raw)
+        if is_blank(line):
             continue
         records_read += 1
+        checked = checked_line(f"{origin} line {number}", line)
+        if isinstance(checked, ParseProblem):
+            problems.append(checked)
+            continue
+        line = checked
         try:
             record = json_object(line)
             event_type = record.get("event_type")
@@ -107,8 +124,10 @@ def parse_eve_lines(lines: Iterable[str | bytes], origin: str = "eve.json") -> P
 
 
 def json_object(line: str | bytes) -> dict[str, Any]:
+    """One JSON object of a line. Bytes must be UTF-8 (json.loads would let encoded
+    surrogates through, and guess UTF-16 from two odd bytes)."""
     try:
-        record = json.loads(line)
+        record = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
     except UnicodeDecodeError:
         raise BadRecord("not UTF-8 text") from None
     except ValueError as exc:
@@ -131,14 +150,15 @@ def alert_essentials(record: dict[str, Any]) -> tuple[dict[str, Any], int, str]:
         raise BadRecord("alert.signature_id is missing or not an integer")
     timestamp = record.get("timestamp")
     if not isinstance(timestamp, str):
-        raise BadRecord("timestamp is missing")
+        raise BadRecord("timestamp is missing" if timestamp is None else
+                        f"timestamp is not text ({json.dumps(timestamp)[:40]})")
     return alert, signature_id, timestamp
 
 
 def _alert_row(number: int, line: str | bytes, record: dict[str, Any]) -> tuple[Any, ...]:
     alert, signature_id, timestamp = alert_essentials(record)
     flow_id = integer_or_none(record.get("flow_id"))
-    return (
+    row = (
         number, line, _detection_id(flow_id, signature_id, line), timestamp, str(signature_id),
         stripped_text(alert.get("signature")), severity_priority(alert.get("severity")).value,
         stripped_text(record.get("src_ip")), stripped_text(record.get("dest_ip")),
@@ -146,6 +166,9 @@ def _alert_row(number: int, line: str | bytes, record: dict[str, Any]) -> tuple[
         stripped_text(record.get("proto")), dns_name(record.get("dns")), host_name(record),
         stripped_text(alert.get("category")), stripped_text(record.get("host")),
     )
+    if (reason := unpaired_surrogate(row[3:])) is not None:
+        raise BadRecord(reason)
+    return row
 
 
 def _detection_id(flow_id: int | None, signature_id: int, line: str | bytes) -> str:
@@ -160,7 +183,7 @@ def integer_or_none(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DECIMAL_INTEGER.fullmatch(value.strip()):
         return int(value)
     return None
 

@@ -28,7 +28,16 @@ import numpy as np
 import pandas as pd
 
 from misp_ndr.task_policy import batch_task
-from tasks.detections import HAS_UTC_OFFSET, ParseProblem, times_to_utc
+from tasks.detections import (
+    HAS_UTC_OFFSET,
+    OverlongLine,
+    ParseProblem,
+    checked_line,
+    is_blank,
+    record_line,
+    times_to_utc,
+    unpaired_surrogate,
+)
 from tasks.ip_addresses import non_global_mask, parse_addresses
 from tasks.sighting_hits import HitBatch, normalize_hits
 from tasks.suricata import (
@@ -89,17 +98,23 @@ def read_suricata_hits(path: str | Path, sid_map: pd.DataFrame | None) -> HitBat
 
 
 def parse_suricata_hit_lines(
-    lines: Iterable[str | bytes], sid_map: pd.DataFrame | None, origin: str = "eve.json"
+    lines: Iterable[str | bytes | OverlongLine], sid_map: pd.DataFrame | None,
+    origin: str = "eve.json",
 ) -> HitBatch:
     """Hits of eve JSON lines; `sid_map` (columns of `tasks.rule_sids.SID_MAP_COLUMNS`) may
     be None, then only metadata UUIDs and `misp_list` metadata identify MISP rules."""
     rules = _rules_by_sid(sid_map)
     collected = _Collected()
     for number, raw in enumerate(lines, start=1):
-        line = raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw.rstrip("\r\n")
-        if not line.strip():
+        line = record_line(number, raw)
+        if is_blank(line):
             continue
         collected.records_read += 1
+        checked = checked_line(f"{origin} line {number}", line)
+        if isinstance(checked, ParseProblem):
+            collected.problems.append((number, checked))
+            continue
+        line = checked
         try:
             _collect_record(number, json_object(line), rules, collected)
         except BadRecord as exc:
@@ -152,7 +167,11 @@ def _collect_record(
         if not values:
             raise BadRecord(f"{NO_LIST_VALUE} ({kind} list)")
         candidates = [(number, sid, None, value, kind) for value in values]
-    collected.alerts.append((number, timestamp, stripped_text(record.get("host"))))
+    host = stripped_text(record.get("host"))
+    reason = unpaired_surrogate([timestamp, host, *(value for *_, value, _kind in candidates)])
+    if reason is not None:
+        raise BadRecord(reason)
+    collected.alerts.append((number, timestamp, host))
     collected.candidates.extend(candidates)
 
 
