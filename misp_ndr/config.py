@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from misp_ndr.errors import ConfigError
 from misp_ndr.secret_blocks import resolve_secret_reference
@@ -425,7 +425,14 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     try:
         return Settings(**_drop_none(overrides or {}))
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+        message = describe_validation_error(exc)
+    except SettingsError as exc:  # a section given as JSON that is not (MISP_NDR_MISP={...)
+        message = f"invalid configuration: {exc}; fix the JSON or set each field alone"
+    # Raised outside the handler: the ValidationError holds every rejected input (a key in
+    # a misspelt variable, a token too short), the JSON error the whole text, key included;
+    # `from None` would still keep them on the ConfigError as __context__, for any error
+    # reporter that walks the chain.
+    raise ConfigError(message)
 
 
 def _drop_none(tree: dict[str, Any]) -> dict[str, Any]:

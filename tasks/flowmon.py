@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote, quote_plus
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
@@ -469,7 +470,8 @@ class FlowmonClient:
                 f"(HTTP {answer.status_code}{_oauth_error(answer)}): check "
                 "MISP_NDR_FLOWMON__USER and MISP_NDR_FLOWMON__PASSWORD"
             )
-        self._raise_unless_ok(answer, "the login")
+        if answer.status_code >= 400:  # no body: a login page may echo the form it was sent
+            raise_for_answer(answer.status_code, SYSTEM, "the login")
         try:
             token = answer.json().get("access_token")
         except (ValueError, AttributeError):
@@ -505,8 +507,9 @@ class FlowmonClient:
         """An answer body fit for a message: some servers echo what they were sent."""
         assert self._settings.password is not None
         for secret in (self._settings.password.get_secret_value(), self._token):
-            if secret:
-                text = text.replace(secret, "***")
+            for form in {secret, quote(secret or "", safe=""), quote_plus(secret or "")}:
+                if form:
+                    text = text.replace(form, "***")
         return text
 
 
