@@ -107,7 +107,7 @@ def whole_suite_ran(session: pytest.Session) -> bool:
     option = session.config.option
     args = [Path(arg.split("::")[0]).resolve() for arg in session.config.args]
     tests_dir = Path(__file__).resolve().parent
-    return (not option.keyword and not option.markexpr and not option.lf
+    return (not option.keyword and not option.markexpr and not getattr(option, "lf", False)
             and all(arg in (tests_dir, tests_dir.parent) for arg in args))
 
 

@@ -633,10 +633,6 @@ def test_bom_crlf_and_blank_lines_cost_no_record_and_raise_no_problem(
     outcome.record(reliability, f"{fmt.name}: {dressing}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "misp_ndr/webhook/payloads.py _read_batch splits a posted eve batch with str.splitlines, "
-    "which also breaks at U+2028, U+2029 and U+0085, legal raw inside JSON strings: the alert "
-    "becomes two 'not JSON' problems; text.split('\\n') would not"))
 def test_a_posted_eve_alert_with_a_line_separator_in_a_string_is_one_record(
     reliability: Recorder,
 ) -> None:

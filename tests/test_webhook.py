@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +14,16 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from deployments.definitions import Job
+from misp_ndr.cli import app
 from misp_ndr.config import load_settings
 from misp_ndr.webhook.app import create_app, drain_spool, spool_directory
 from misp_ndr.webhook.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from misp_ndr.webhook.submit import PrefectUnavailable, RunRefused
 from tests.conftest import SAMPLES
+from tests.reliability import Recorder
 
 TOKEN = "w3bh00k-T0ken-that-must-not-leak"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -54,13 +59,32 @@ def client(monkeypatch: pytest.MonkeyPatch, prefect: RecordingSubmitter,
         yield test_client
 
 
+def signed_headers(at: int, body: bytes = BATCH) -> dict[str, str]:
+    """HMAC headers of a POST of `body` to /hooks/export with no options or key."""
+    return {TIMESTAMP_HEADER: str(at), SIGNATURE_HEADER: sign(TOKEN, at, "/hooks/export", body)}
+
+
 def spooled(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "state" / "webhook-spool").glob("*.batch"))
 
 
-def test_a_receiver_without_a_token_refuses_to_start() -> None:
-    with pytest.raises(ValueError, match="MISP_NDR_WEBHOOK__TOKEN"):
+def got_through(prefect: RecordingSubmitter, tmp_path: Path) -> int:
+    """What a refused request must not leave: runs created, payloads kept."""
+    return len(prefect.runs) + len(spooled(tmp_path))
+
+
+def test_a_receiver_without_a_token_refuses_to_start(reliability: Recorder) -> None:
+    started = 0
+    try:
         create_app(load_settings(), RecordingSubmitter())
+        started += 1
+    except ValueError as exc:
+        assert "MISP_NDR_WEBHOOK__TOKEN" in str(exc)
+    command = CliRunner().invoke(app, ["webhook"])  # before any Prefect or port is touched
+    if "MISP_NDR_WEBHOOK__TOKEN is not set" not in command.stderr or command.exit_code != 2:
+        started += 1
+    reliability.record("webhook", "no token configured: start attempts (app factory, "
+                       "misp-ndr webhook)", checked=2, injected=started)
 
 
 @pytest.mark.parametrize(("headers", "reason"), [
@@ -71,49 +95,126 @@ def test_a_receiver_without_a_token_refuses_to_start() -> None:
 ])
 def test_wrong_or_missing_credentials_get_401_and_nothing_is_kept_or_run(
     client: TestClient, prefect: RecordingSubmitter, tmp_path: Path,
-    headers: dict[str, str], reason: str,
+    headers: dict[str, str], reason: str, reliability: Recorder,
 ) -> None:
     answer = client.post("/hooks/export", content=BATCH, headers=headers)
     assert answer.status_code == 401 and reason in answer.json()["detail"]
     assert answer.headers["WWW-Authenticate"] == "Bearer"
-    assert not prefect.runs and not spooled(tmp_path)
+    reliability.record("webhook", f"credentials refused: {reason}", checked=1,
+                       injected=got_through(prefect, tmp_path))
 
 
-def test_credentials_are_checked_before_a_large_body_is_read(client: TestClient) -> None:
+def test_credentials_are_checked_before_a_large_body_is_read(
+    client: TestClient, prefect: RecordingSubmitter, tmp_path: Path, reliability: Recorder,
+) -> None:
     big = BATCH * 20
     stale = {TIMESTAMP_HEADER: "1", SIGNATURE_HEADER: "sha256=00"}
     for headers in (stale, {"Authorization": "Bearer wrong"}):
         assert client.post("/hooks/export", content=big, headers=headers).status_code == 401
+    reliability.record("webhook", "oversize body with bad credentials: 401 before reading",
+                       checked=2, injected=got_through(prefect, tmp_path))
 
 
 def test_an_hmac_signed_body_is_accepted_and_a_tampered_one_refused(
-    client: TestClient, prefect: RecordingSubmitter,
+    client: TestClient, prefect: RecordingSubmitter, reliability: Recorder,
 ) -> None:
     now = int(time.time())
-    signed = {TIMESTAMP_HEADER: str(now), SIGNATURE_HEADER: sign(TOKEN, now, BATCH)}
+    signed = signed_headers(now)
     assert client.post("/hooks/export", content=BATCH, headers=signed).status_code == 202
     tampered = client.post("/hooks/export", content=BATCH + b"\n", headers=signed)
     assert tampered.status_code == 401 and tampered.json()["detail"] == "wrong signature"
-    assert len(prefect.runs) == 1
+    reliability.record("webhook", "HMAC signature of another body (tampered body)",
+                       checked=1, injected=len(prefect.runs) - 1)
 
 
-def test_a_signed_request_replayed_after_the_window_is_refused(client: TestClient) -> None:
+def test_a_signed_request_replayed_after_the_window_is_refused(
+    client: TestClient, prefect: RecordingSubmitter, tmp_path: Path, reliability: Recorder,
+) -> None:
     then = int(time.time()) - 3600
-    replay = {TIMESTAMP_HEADER: str(then), SIGNATURE_HEADER: sign(TOKEN, then, BATCH)}
+    replay = signed_headers(then)
     answer = client.post("/hooks/export", content=BATCH, headers=replay)
     assert answer.status_code == 401 and "replay" in answer.json()["detail"]
+    reliability.record("webhook", "signed request replayed an hour later", checked=1,
+                       injected=got_through(prefect, tmp_path))
 
 
+def test_a_signed_request_replayed_within_the_window_is_the_same_run(
+    client: TestClient, prefect: RecordingSubmitter, tmp_path: Path, reliability: Recorder,
+) -> None:
+    """The window cannot stop a replay of a fresh capture; the payload key does: the same
+    hook, options and body are the run already made (auth.py, docs/operations.md)."""
+    now = int(time.time())
+    signed = signed_headers(now)
+    answers = [client.post("/hooks/export", content=BATCH, headers=signed).json()
+               for _ in range(3)]
+    assert [a["duplicate"] for a in answers] == [False, True, True]
+    assert len({a["flow_run_id"] for a in answers}) == 1
+    reliability.record("webhook", "signed request replayed twice within the window",
+                       checked=len(answers), duplicated=len(prefect.runs) - 1
+                       + len(spooled(tmp_path)) - 1)
+
+
+@pytest.mark.parametrize(("what", "hook", "params", "extra_headers"), [
+    pytest.param("options changed to distribution=3", "export", {"distribution": "3"}, {},
+                 id="other options"),
+    pytest.param("a fresh Idempotency-Key header", "export", {},
+                 {"Idempotency-Key": "replay-1"}, id="other idempotency key"),
+    pytest.param("the sightings hook instead of export", "sightings", {}, {},
+                 id="other hook"),
+])
+def test_a_signed_request_replayed_with_other_options_is_refused(
+    client: TestClient, prefect: RecordingSubmitter, reliability: Recorder, what: str,
+    hook: str, params: dict[str, str], extra_headers: dict[str, str],
+) -> None:
+    now = int(time.time())
+    signed = signed_headers(now)
+    assert client.post("/hooks/export", content=BATCH, headers=signed).status_code == 202
+    replay = client.post(f"/hooks/{hook}", content=BATCH, params=params,
+                         headers={**signed, **extra_headers})
+    assert replay.status_code == 401 and replay.json()["detail"] == "wrong signature"
+    reliability.record("webhook", f"signed request replayed within the window with {what}",
+                       checked=1, injected=len(prefect.runs) - 1)
+
+
+def test_a_signature_over_the_options_and_idempotency_key_is_accepted(
+    client: TestClient, prefect: RecordingSubmitter,
+) -> None:
+    now = int(time.time())
+    target = "/hooks/export?distribution=2&ip_filters=198.18.0.0%2F15"
+    headers = {TIMESTAMP_HEADER: str(now), "Idempotency-Key": "batch-7",
+               SIGNATURE_HEADER: sign(TOKEN, now, target, BATCH, "batch-7")}
+    assert client.post(target, content=BATCH, headers=headers).status_code == 202
+    ((_, parameters),) = prefect.runs.values()
+    assert parameters["distribution"] == 2 and parameters["ip_filters"] == ["198.18.0.0/15"]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the documented client uses openssl")
+def test_the_documented_openssl_command_computes_the_receivers_signature(tmp_path: Path) -> None:
+    (tmp_path / "batch.jsonl").write_bytes(BATCH)
+    script = ('ts=1700000000; target="/hooks/export?distribution=2"; key="ads-batch-42"\n'
+              "printf '%s.%s.%s.' \"$ts\" \"$target\" \"$key\" | cat - batch.jsonl |\n"
+              '  openssl dgst -sha256 -hmac "$TOKEN" -r | cut -d" " -f1\n')
+    documented = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    assert "printf '%s.%s.%s.' \"$ts\" \"$target\" \"$key\" | cat - batch.jsonl |" in documented
+    hexdigest = subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, text=True,
+                               capture_output=True, env={**os.environ, "TOKEN": TOKEN}).stdout
+    assert "sha256=" + hexdigest.strip() == sign(
+        TOKEN, 1700000000, "/hooks/export?distribution=2", BATCH, "ads-batch-42")
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["Content-Length", "chunked"])
 def test_an_oversize_body_gets_413_declared_or_streamed(
-    client: TestClient, prefect: RecordingSubmitter, tmp_path: Path,
+    client: TestClient, prefect: RecordingSubmitter, tmp_path: Path, declared: bool,
+    reliability: Recorder,
 ) -> None:
     big = BATCH * 20
     assert len(big) > 4096
-    assert client.post("/hooks/export", content=big, headers=BEARER).status_code == 413
-    chunked = client.post("/hooks/export", content=iter([big[:3000], big[3000:]]),
-                          headers=BEARER)
-    assert chunked.status_code == 413 and "MAX_BODY_BYTES" in chunked.json()["detail"]
-    assert not prefect.runs and not spooled(tmp_path)
+    body = big if declared else iter([big[:3000], big[3000:]])
+    answer = client.post("/hooks/export", content=body, headers=BEARER)
+    assert answer.status_code == 413 and "MAX_BODY_BYTES" in answer.json()["detail"]
+    how = "declared in Content-Length" if declared else "streamed, chunked"
+    reliability.record("webhook", f"oversize body ({how})", checked=1,
+                       injected=got_through(prefect, tmp_path))
 
 
 @pytest.mark.parametrize(("hook", "query", "body", "named"), [
@@ -253,10 +354,18 @@ def test_a_run_prefect_refuses_for_good_is_a_422_and_not_kept(
 
 def test_the_token_never_appears_in_logs_answers_or_the_spool(
     client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    reliability: Recorder,
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    now = int(time.time())
     answers = [client.post("/hooks/export", content=BATCH, headers=headers).text
-               for headers in (BEARER, {"Authorization": f"Bearer {TOKEN}x"}, {})]
+               for headers in (BEARER, {"Authorization": f"Bearer {TOKEN}x"}, {},
+                               {TIMESTAMP_HEADER: str(now),
+                                SIGNATURE_HEADER: sign(TOKEN, now, "/hooks/export", b"other")})]
     kept = [path.read_text() for path in (tmp_path / "state").rglob("*") if path.is_file()]
-    assert TOKEN not in caplog.text + "".join(answers) + "".join(kept)
-    assert TOKEN not in repr(load_settings()) + str(load_settings().webhook)
+    places = [caplog.text, *answers, *kept, repr(load_settings()), str(load_settings().webhook)]
+    found = sum(place.count(TOKEN[:10]) for place in places)
+    assert found == 0
+    reliability.record("secrets", "webhook: right, wrong, missing token and bad signature "
+                       "(logs at DEBUG, answers, spool, settings repr)", checked=len(places),
+                       injected=found)

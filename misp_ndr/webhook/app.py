@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from deployments.definitions import Job
 from misp_ndr.config import Settings, WebhookSettings
 from misp_ndr.webhook.auth import (
+    IDEMPOTENCY_HEADER,
     AuthFailure,
     check_bearer,
     check_signature,
@@ -30,7 +31,6 @@ from misp_ndr.webhook.spool import SpoolEntry, WebhookSpool, payload_key
 from misp_ndr.webhook.submit import PrefectUnavailable, RunRefused, Submitter
 
 logger = logging.getLogger(__name__)
-IDEMPOTENCY_HEADER = "idempotency-key"
 RETRY_AFTER_SECONDS = 30
 # Without an Idempotency-Key header, update-rules requests with the same body in the same
 # slot of this many minutes are one trigger (its body alone would dedupe forever).
@@ -84,7 +84,7 @@ async def receive(job: Job, request: Request, options: WebhookSettings, secret: 
             check_signature_headers(request.headers, options.signature_max_age_seconds)
         body = await bounded_body(request, options.max_body_bytes)
         if not bearer:
-            check_signature(request.headers, body, secret)
+            check_signature(request.headers, request_target(request), body, secret)
     except TooLarge:
         return answer(413, detail=f"body larger than {options.max_body_bytes} bytes "
                                   "(MISP_NDR_WEBHOOK__MAX_BODY_BYTES); split the batch")
@@ -94,6 +94,13 @@ async def receive(job: Job, request: Request, options: WebhookSettings, secret: 
     query = list(request.query_params.multi_items())
     return await run_in_threadpool(accept, job, query, body,
                                    request.headers.get(IDEMPOTENCY_HEADER), spool, submitter)
+
+
+def request_target(request: Request) -> str:
+    """Path and query string as the client sent them, before any decoding: what it signed."""
+    target = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return f"{target}?{query}" if query else target
 
 
 def accept(job: Job, query: list[tuple[str, str]], body: bytes, client_key: str | None,
