@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from misp_ndr.atomic_files import write_atomically
 from misp_ndr.errors import ConfigError, InputError
 from tasks.rule_indicators import RESERVED_TOP_SIDS
 
@@ -82,6 +83,29 @@ ON CONFLICT (attribute_uuid, variant) DO UPDATE SET
 """
 _BUMP_REV = "UPDATE sids SET content_hash = ?, rev = ? WHERE attribute_uuid = ? AND variant = ?"
 
+# The store's rows, also kept as an Arrow file next to it (SNAPSHOT_SUFFIX): read in a
+# fraction of the time SQLite takes to hand out a million rows. It is used only while it
+# carries the token in `sids_version`, which every change to `sids` replaces: triggers do
+# it for any writer (an older misp-ndr, a hand edit), `assign` once per transaction for its
+# own writes. A stale, missing or unreadable snapshot just means reading SQLite.
+SNAPSHOT_SUFFIX = ".arrow"
+_EVENTS = ("INSERT", "UPDATE", "DELETE")
+_FRESH_TOKEN = "lower(hex(randomblob(16)))"
+_VERSION_SETUP = (
+    "CREATE TABLE IF NOT EXISTS sids_version (token TEXT NOT NULL)",
+    f"INSERT INTO sids_version SELECT {_FRESH_TOKEN} "
+    "WHERE NOT EXISTS (SELECT 1 FROM sids_version)",
+    *(f"CREATE TRIGGER IF NOT EXISTS sids_changed_{event.lower()} AFTER {event} ON sids "
+      f"BEGIN UPDATE sids_version SET token = {_FRESH_TOKEN}; END" for event in _EVENTS),
+)
+_CREATE_TRIGGERS = _VERSION_SETUP[2:]
+_DROP_TRIGGERS = tuple(f"DROP TRIGGER IF EXISTS sids_changed_{event.lower()}"
+                       for event in _EVENTS)
+_READ_TOKEN = "SELECT token FROM sids_version"
+_NEW_TOKEN = f"UPDATE sids_version SET token = {_FRESH_TOKEN} RETURNING token"
+_SNAPSHOT_SCHEMA = pa.schema([("pair", pa.large_string()), ("sid", pa.int64()),
+                              ("content_hash", pa.int64()), ("rev", pa.int64())])
+
 
 def fnv1a_64(texts: pa.Array) -> np.ndarray:
     """FNV-1a 64 of each text's UTF-8 bytes, vectorized over rows: texts of one length are
@@ -115,6 +139,56 @@ def rule_content_hash(rules: pd.DataFrame) -> np.ndarray:
 
 
 @dataclass
+class _Stored:
+    """Every stored pair (`<uuid>|<variant>`) with its sid, content hash and rev, and the
+    store's token they belong to."""
+
+    pairs: pa.Array
+    sids: np.ndarray
+    hashes: np.ndarray
+    revs: np.ndarray
+    token: str
+
+    def with_new(self, pairs: pa.Array, sids: np.ndarray, hashes: np.ndarray,
+                 token: str) -> _Stored:
+        """After `_allocate` stored `pairs` (rev 1): as its upsert does, a pair already
+        stored (its sid outside the range) is replaced, any other added."""
+        at = pc.index_in(pairs, value_set=self.pairs)
+        found = _mask(pc.is_valid(at))
+        rows = at.filter(pa.array(found)).to_numpy().astype(np.int64)
+        self.sids[rows], self.hashes[rows], self.revs[rows] = sids[found], hashes[found], 1
+        added = ~found
+        return _Stored(pa.concat_arrays([self.pairs, pairs.filter(pa.array(added))]),
+                       np.concatenate([self.sids, sids[added]]),
+                       np.concatenate([self.hashes, hashes[added]]),
+                       np.concatenate([self.revs, np.ones(int(added.sum()), np.int64)]), token)
+
+
+def _read_snapshot(path: Path, token: str) -> _Stored | None:
+    """The snapshot, if it is of the store as it is now."""
+    try:
+        table = pa.ipc.open_file(pa.BufferReader(path.read_bytes())).read_all()
+    except (OSError, pa.ArrowException):
+        return None
+    if table.schema.metadata != {b"token": token.encode()} or \
+            not table.schema.remove_metadata().equals(_SNAPSHOT_SCHEMA):
+        return None
+    table = table.combine_chunks()
+    return _Stored(table["pair"].combine_chunks(),
+                   *(table[name].to_numpy().copy() for name in ("sid", "content_hash", "rev")),
+                   token)
+
+
+def _save_snapshot(path: Path, stored: _Stored) -> None:
+    table = pa.table([stored.pairs, stored.sids, stored.hashes, stored.revs],
+                     schema=_SNAPSHOT_SCHEMA.with_metadata({"token": stored.token}))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    write_atomically(path, sink.getvalue().to_pybytes())
+
+
+@dataclass
 class _Batch:
     """The pairs of one `assign` call, in its rows' order (or a subset, `rows` saying which)."""
 
@@ -144,6 +218,10 @@ class SidAllocator:
                 "at its top; widen MISP_NDR_RULES__SID_RANGE_START / _END")
 
     @property
+    def snapshot_path(self) -> Path:
+        return self.path.with_name(self.path.name + SNAPSHOT_SUFFIX)
+
+    @property
     def size(self) -> int:
         return self.last - self.first + 1
 
@@ -155,14 +233,15 @@ class SidAllocator:
         variants = _strings(rules["variant"])
         pairs = pc.binary_join_element_wise(uuids, variants, pa.scalar("|", pa.large_string()))
         batch = _Batch(np.arange(len(rules)), uuids, variants, pairs, rule_content_hash(rules))
-        _refuse_unusable_pairs(batch.pairs)
+        if batch.pairs.null_count:
+            _refuse_unusable_pairs(batch.pairs)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, isolation_level=None, timeout=LOCK_WAIT_SECONDS)
         try:
-            connection.execute(_CREATE_TABLE)
-            connection.execute(_CREATE_SID_INDEX)
+            for statement in (_CREATE_TABLE, _CREATE_SID_INDEX, *_VERSION_SETUP):
+                connection.execute(statement)
             connection.execute("BEGIN IMMEDIATE")
-            sids, revs = self._assign_in_transaction(connection, batch)
+            sids, revs, state = self._assign_in_transaction(connection, batch)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -170,46 +249,69 @@ class SidAllocator:
             raise
         finally:
             connection.close()
+        if state is not None:
+            _save_snapshot(self.snapshot_path, state)
         return rules.assign(sid=pd.array(sids, dtype="Int64"), rev=pd.array(revs, dtype="Int32"))
 
     def _assign_in_transaction(
         self, connection: sqlite3.Connection, batch: _Batch
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(sid, rev) per batch row."""
-        stored_pairs, stored_sids, stored_hashes, stored_revs = _stored(connection)
-        in_range = (stored_sids >= self.first) & (stored_sids <= self.last)
+    ) -> tuple[np.ndarray, np.ndarray, _Stored | None]:
+        """(sid, rev) per batch row, and the store's rows as committed when the snapshot
+        must be (re)written (None when it is current)."""
+        token = connection.execute(_READ_TOKEN).fetchone()[0]
+        stored = _read_snapshot(self.snapshot_path, token)
+        current = stored is not None
+        if stored is None:
+            stored = _stored(connection)
+        for statement in _DROP_TRIGGERS:  # our own writes change the token once, below
+            connection.execute(statement)
+        in_range = (stored.sids >= self.first) & (stored.sids <= self.last)
         kept = np.flatnonzero(in_range)
-        match = pc.index_in(batch.pairs, value_set=stored_pairs.filter(pa.array(in_range)))
+        match = pc.index_in(batch.pairs, value_set=stored.pairs.filter(pa.array(in_range)))
         is_known = _mask(pc.is_valid(match))
         sids = np.empty(len(batch.rows), dtype=np.int64)
         revs = np.empty(len(batch.rows), dtype=np.int64)
         known = kept[match.filter(pa.array(is_known)).to_numpy()]
-        sids[is_known] = stored_sids[known]
-        revs[is_known] = self._update_revs(connection, batch.subset(np.flatnonzero(is_known)),
-                                           stored_hashes[known], stored_revs[known])
         new_rows = np.flatnonzero(~is_known)
+        if _repeats(known, batch.pairs.take(pa.array(new_rows))):
+            _refuse_unusable_pairs(batch.pairs)  # raises, naming them; rolled back
+        sids[is_known] = stored.sids[known]
+        revs[is_known], changed = self._update_revs(
+            connection, batch, np.flatnonzero(is_known), stored.hashes[known],
+            stored.revs[known])
         new = batch.subset(new_rows[pc.sort_indices(batch.pairs.take(
             pa.array(new_rows))).to_numpy()])  # the documented allocation order
-        bulk_load = len(new.rows) > len(stored_sids)
+        bulk_load = len(new.rows) > len(stored.sids)
         if bulk_load:  # rebuilding the index once beats updating it per row (~5x)
             connection.execute("DROP INDEX sids_sid_unique")
-        sids[new.rows] = self._allocate(connection, new, stored_sids[in_range])
+        sids[new.rows] = self._allocate(connection, new, stored.sids[in_range])
         revs[new.rows] = 1
         if bulk_load:
             connection.execute(_CREATE_SID_INDEX)  # also re-checks every sid is unique
-        return sids, revs
+        wrote = bool(changed.any() or len(new.rows))
+        if wrote:
+            token = connection.execute(_NEW_TOKEN).fetchone()[0]
+        for statement in _CREATE_TRIGGERS:
+            connection.execute(statement)
+        if current and not wrote:
+            return sids, revs, None
+        bumped = known[changed]
+        stored.hashes[bumped] = batch.content_hash[np.flatnonzero(is_known)[changed]]
+        stored.revs[bumped] = revs[np.flatnonzero(is_known)[changed]]
+        return sids, revs, stored.with_new(new.pairs, sids[new.rows], new.content_hash, token)
 
-    def _update_revs(self, connection: sqlite3.Connection, known: _Batch,
-                     stored_hash: np.ndarray, stored_rev: np.ndarray) -> np.ndarray:
-        changed = known.content_hash != stored_hash
+    def _update_revs(self, connection: sqlite3.Connection, batch: _Batch, rows: np.ndarray,
+                     stored_hash: np.ndarray, stored_rev: np.ndarray,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Revs of the known pairs at `rows`, and which changed; only the changed ones are
+        copied and stored (none, most days)."""
+        changed = batch.content_hash[rows] != stored_hash
         rev = stored_rev + changed
-        bumped = np.flatnonzero(changed)
-        chosen = pa.array(bumped)
+        bumped = batch.subset(rows[changed])
         connection.executemany(_BUMP_REV, zip(
-            known.content_hash[bumped].tolist(), rev[bumped].tolist(),
-            known.uuids.take(chosen).to_pylist(), known.variants.take(chosen).to_pylist(),
-            strict=True))
-        return rev
+            bumped.content_hash.tolist(), rev[changed].tolist(), bumped.uuids.to_pylist(),
+            bumped.variants.to_pylist(), strict=True))
+        return rev, changed
 
     def _allocate(self, connection: sqlite3.Connection, new: _Batch,
                   taken: np.ndarray) -> np.ndarray:
@@ -244,8 +346,7 @@ def _mask(condition: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(condition, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _stored(connection: sqlite3.Connection
-            ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+def _stored(connection: sqlite3.Connection) -> _Stored:
     """Every stored (pair, sid, content hash, rev), read in chunks of aggregated text: one
     row of SQLite output per chunk instead of a Python tuple per pair. Pairs come as one
     byte string with their byte lengths, so no character in a UUID can confuse the split."""
@@ -266,15 +367,25 @@ def _stored(connection: sqlite3.Connection
         after = last
     if not pairs:
         empty = np.array([], dtype=np.int64)
-        return pa.array([], pa.large_string()), empty, empty, empty
-    return (pa.concat_arrays(pairs),
-            *(np.concatenate(column) for column in (sids, hashes, revs)))
+        return _Stored(pa.array([], pa.large_string()), empty, empty.copy(), empty.copy(), "")
+    return _Stored(pa.concat_arrays(pairs),
+                   *(np.concatenate(column) for column in (sids, hashes, revs)), "")
 
 
 def _integers(text: str) -> np.ndarray:
     """Comma-separated integers (a group_concat) as int64, parsed in arrow."""
     parts = pc.split_pattern(pa.array([text], pa.large_string()), ",").flatten()
     return pc.cast(parts, pa.int64()).to_numpy()
+
+
+def _repeats(known: np.ndarray, new_pairs: pa.Array) -> bool:
+    """Whether a pair occurs twice: a stored pair matched by two rows, or a new pair given
+    twice. The match against the store is made anyway, so only the new pairs (none, in
+    the daily steady state) need a hash table of their own."""
+    ordered = np.sort(known)
+    if (ordered[1:] == ordered[:-1]).any():
+        return True
+    return bool(len(new_pairs)) and len(pc.unique(new_pairs)) != len(new_pairs)
 
 
 def _refuse_unusable_pairs(pairs: pa.Array) -> None:
@@ -328,35 +439,45 @@ def write_sid_map(lines: pd.DataFrame) -> bytes:
     """The map as CSV, sorted by sid; values are quoted when they hold commas, quotes or
     line breaks (as Python's csv module does: `\\r` alone is not quoted), so any CSV
     reader gets them back intact. Built in arrow, one column at a time: a map has a line
-    per rule."""
-    order = lines["sid"].reset_index(drop=True).sort_values(kind="stable").index
-    table = lines[SID_MAP_COLUMNS].iloc[order]
-    fields = [_csv_field(table[name]) for name in SID_MAP_COLUMNS]
+    per rule. Rows already in sid order (a built ruleset's) are not reordered."""
     header = (",".join(SID_MAP_COLUMNS) + "\n").encode()
-    if not len(table):
+    if not len(lines):
         return header
+    sids = lines["sid"].astype("Int64")
+    keys = sids.to_numpy(dtype=np.int64, na_value=np.iinfo(np.int64).max)
+    order = None
+    if sids.hasnans or (len(keys) > 1 and (np.diff(keys) < 0).any()):
+        # NA last, ties in their order: as pandas' stable sort_values
+        order = pa.array(np.lexsort((np.arange(len(keys)), sids.isna().to_numpy(), keys)))
+    fields = [_csv_field(lines[name], order) for name in SID_MAP_COLUMNS]
     rows = pc.binary_join_element_wise(*fields, pa.scalar(",", pa.large_string()))
     whole = pa.LargeListArray.from_arrays(pa.array([0, len(rows)], pa.int64()), rows)
     body = pc.binary_join(whole, pa.scalar("\n", pa.large_string()))[0].as_buffer()
     return b"".join([header, memoryview(body), b"\n"])
 
 
-def _csv_field(column: pd.Series) -> pa.Array:
+def _csv_field(column: pd.Series, order: pa.Array | None) -> pa.Array:
     """One CSV column: NA empty, values with `,` `"` or a newline quoted, quotes doubled."""
     if pd.api.types.is_integer_dtype(column.dtype):
         text = pc.cast(pa.array(column.array), pa.large_string())
+        integers = True
     else:
         text = _strings(column)
+        integers = False
+    if order is not None:
+        text = text.take(order)
     text = pc.fill_null(text, "")
-    needs_quotes = pc.match_substring_regex(text, '[,"\n]')
-    rows = np.flatnonzero(_mask(needs_quotes))
+    if integers:  # digits and '-' only: never quoted
+        return text
+    needs_quotes = _mask(pc.match_substring_regex(text, '[,"\n]'))
+    rows = np.flatnonzero(needs_quotes)
     if not len(rows):
         return text
     quote = pa.scalar('"', pa.large_string())
     quoted = pc.binary_join_element_wise(
         quote, pc.replace_substring(text.take(pa.array(rows)), '"', '""'), quote,
         pa.scalar("", pa.large_string()))
-    return pc.replace_with_mask(text, pa.array(_mask(needs_quotes)), quoted)
+    return pc.replace_with_mask(text, pa.array(needs_quotes), quoted)
 
 
 def sid_map_for_alerts(path: Path | None, default: Path) -> pd.DataFrame | None:

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,7 +183,14 @@ def _strings(values: pd.Series | pa.Array | np.ndarray) -> pa.Array:
 
 
 def _repeated(text: str, count: int) -> pa.Array:
-    return pa.repeat(pa.scalar(text, pa.string()), count)
+    """`text` `count` times, built in numpy: several times faster than `pa.repeat`."""
+    data = text.encode()
+    offsets = np.arange(count + 1, dtype=np.int64) * len(data)
+    if offsets[-1] >= 2**31:
+        return pa.repeat(pa.scalar(text, pa.string()), count)
+    return pa.StringArray.from_buffers(
+        count, pa.py_buffer(offsets.astype(np.int32)),
+        pa.py_buffer(np.tile(np.frombuffer(data, np.uint8), count)))
 
 
 def _concat(*pieces: str | pa.Array) -> pa.Array:
@@ -427,50 +435,81 @@ def _common_rejections(rules: pd.DataFrame, settings: RulesSettings) -> _Rejecti
 
 
 def _matching_parts(rules: pd.DataFrame, rejections: _Rejections) -> list[pa.Array]:
-    """Header, options and target of every row; `rules` are ordered by kind, so each kind is
-    one slice, matched in one vectorized call."""
-    kinds = rules["kind"].to_numpy(dtype=object, na_value="")
-    starts = np.flatnonzero(np.r_[True, kinds[1:] != kinds[:-1]]) if len(kinds) else []
-    parts: list[list[pa.Array]] = [[], [], []]
-    for start, end in zip(starts, [*starts[1:], len(kinds)], strict=True):
-        slice_rows = rules.iloc[start:end]
-        matcher = _KIND_MATCHES.get(kinds[start])
+    """Header, options and target of every row, in the rows' order: each kind's rows are
+    matched in one vectorized call (only the columns matchers read are copied out), and
+    the parts spread back to the rows they belong to."""
+    codes, kinds = pd.factorize(rules["kind"].to_numpy(dtype=object, na_value=""))
+    matched = rules[_MATCHED_COLUMNS]
+    parts: list[list[pa.Array]] = [[], []]
+    positions, targets = [], []
+    for code, kind in enumerate(kinds):
+        rows = np.flatnonzero(codes == code)
+        matcher = _KIND_MATCHES.get(kind)
         if matcher is None:  # already rejected: no rule for this kind
-            matches = _Matches(_repeated("", end - start), _repeated("", end - start), "",
-                               np.full(end - start, None, dtype=object))
+            matches = _Matches(_repeated("", len(rows)), _repeated("", len(rows)), "",
+                               np.full(len(rows), None, dtype=object))
         else:
-            matches = matcher(slice_rows)
+            matches = matcher(matched.iloc[rows].reset_index(drop=True))
         reason = np.full(len(rules), None, dtype=object)
-        reason[start:end] = matches.reason
+        reason[rows] = matches.reason
         rejections.add(pd.notna(reason), reason)
-        parts[0].append(pc.fill_null(matches.header, ""))
-        parts[1].append(pc.fill_null(matches.options, ""))
-        parts[2].append(_repeated(matches.target, end - start))
-    return [pa.concat_arrays(arrays) for arrays in parts]
+        parts[0].append(pc.fill_null(_strings(matches.header), ""))
+        parts[1].append(pc.fill_null(_strings(matches.options), ""))
+        positions.append(rows)
+        targets.append(matches.target)
+    if not positions:
+        return [_repeated("", 0)] * 3
+    back = np.empty(len(rules), dtype=np.int64)
+    back[np.concatenate(positions)] = np.arange(len(rules))
+    spread = [pa.concat_arrays(arrays).take(pa.array(back)) for arrays in parts]
+    return [*spread, _strings(targets).take(pa.array(codes))]
+
+
+_MATCHED_COLUMNS = ["value", "port", "variant"]
 
 
 def _rule_text(rules: pd.DataFrame, header: pa.Array, options: pa.Array,
-               target: pa.Array) -> pa.Array:
+               target: pa.Array) -> pa.ChunkedArray:
+    """Whole rules, in blocks of _TEXT_BLOCK_ROWS rows: one arrow string array holds at
+    most 2 GiB, and a million rules are about 0.75 GB of text."""
     value_text = msg_text(_strings(rules["value"]), MSG_VALUE_CHARS)
-    info = _per_distinct(rules["event_info"], lambda infos: msg_text(infos, MSG_EVENT_INFO_CHARS))
-    info_part = pc.if_else(pc.equal(info, ""), "", _concat(" - ", info))
+    info_part = _per_distinct(rules["event_info"], _info_part)
     tags = _per_distinct(rules["tags"], tag_metadata)
-    return _concat(
+    pieces = (
         f"{ACTION} ", header, ' (msg:"MISP ', _strings(rules["kind"]), " ", value_text,
         info_part, '"; ', options, f"classtype:{CLASSTYPE}; ", target,
-        "sid:", _strings(rules["sid"].astype("Int64").astype("string")),
-        "; rev:", _strings(rules["rev"].astype("Int32").astype("string")),
+        "sid:", _decimal(rules["sid"]), "; rev:", _decimal(rules["rev"]),
         "; metadata:misp_event_uuid ", pc.utf8_lower(_strings(rules["event_uuid"])),
         ", misp_attribute_uuid ", pc.utf8_lower(_strings(rules["attribute_uuid"])),
         tags, ";)")
+    blocks = [_concat(*(piece if isinstance(piece, str) else piece.slice(start, _TEXT_BLOCK_ROWS)
+                        for piece in pieces))
+              for start in range(0, len(rules), _TEXT_BLOCK_ROWS)]
+    return pa.chunked_array(blocks, pa.string())
 
 
-def _problems(rules: pd.DataFrame, reason: np.ndarray) -> list[ParseProblem]:
+# rows per block of rule text: even rules at Suricata's line limit stay far below 2 GiB
+_TEXT_BLOCK_ROWS = 1 << 17
+
+
+def _info_part(infos: pa.Array) -> pa.Array:
+    """` - <event info>` for a msg, nothing when the info is empty."""
+    info = msg_text(infos, MSG_EVENT_INFO_CHARS)
+    return pc.if_else(pc.equal(info, ""), "", _concat(" - ", info)) if len(info) else info
+
+
+def _decimal(numbers: pd.Series) -> pa.Array:
+    return pc.cast(pa.array(numbers.astype("Int64").array), pa.string())
+
+
+def _problems(rules: pd.DataFrame, reason: np.ndarray,
+              report_order: np.ndarray) -> list[ParseProblem]:
     """One problem per (attribute, value, reason): a name refused in DNS is refused in TLS
-    and HTTP too, and one line says so."""
+    and HTTP too, and one line says so. Rows are reported by `report_order` (ascending)."""
     rows = np.flatnonzero(pd.notna(reason))
     if not len(rows):
         return []
+    rows = rows[np.argsort(report_order[rows], kind="stable")]
     rejected = pd.DataFrame({
         "uuid": rules["attribute_uuid"].to_numpy()[rows],
         "value": rules["value"].to_numpy()[rows],
@@ -480,27 +519,50 @@ def _problems(rules: pd.DataFrame, reason: np.ndarray) -> list[ParseProblem]:
             for uuid, value, why in rejected.itertuples(index=False)]
 
 
+def _sid_order(rules: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The rows by sid (missing sids last, ties in their order): the order of the rules
+    file and the sid map, so rendering in it leaves nothing to reorder afterwards. And,
+    per row in that order, its rank in the order problems are reported in (by kind, then
+    as given), which does not depend on the sids."""
+    sids = rules["sid"].astype("Int64")
+    keys = sids.to_numpy(dtype=np.int64, na_value=np.iinfo(np.int64).max)
+    if sids.hasnans:
+        by_sid = np.lexsort((np.arange(len(rules)), sids.isna().to_numpy(), keys))
+    else:
+        by_sid = np.argsort(keys, kind="stable")
+    kind_rank = pd.factorize(rules["kind"].astype("string"), sort=True,
+                             use_na_sentinel=True)[0].astype(np.int64)
+    kind_rank[kind_rank < 0] = np.iinfo(np.int64).max  # no kind: last, as sort_values puts NA
+    by_kind = np.argsort(kind_rank, kind="stable")
+    report_rank = np.empty(len(rules), dtype=np.int64)
+    report_rank[by_kind] = np.arange(len(rules))
+    return by_sid, report_rank[by_sid]
+
+
 def render_rule_lines(
     rules: pd.DataFrame, settings: RulesSettings,
 ) -> tuple[pd.DataFrame, list[ParseProblem]]:
     """Rows of `expand_rule_variants` with `sid` and `rev` -> one Suricata rule each
-    (RULE_LINE_COLUMNS, ordered by kind), and the rows that could not be rendered safely."""
+    (RULE_LINE_COLUMNS, ordered by sid), and the rows that could not be rendered safely
+    (by kind, then in the order given)."""
     if rules.empty:
         return empty_rule_lines(), []
-    rules = rules.sort_values("kind", kind="stable", na_position="last").reset_index(drop=True)
+    by_sid, report_order = _sid_order(rules)
+    rules = rules.take(by_sid).reset_index(drop=True)
     rejections = _common_rejections(rules, settings)
     header, options, target = _matching_parts(rules, rejections)
-    problems = _problems(rules, rejections.reason)
+    problems = _problems(rules, rejections.reason, report_order)
     kept = rejections.open
     if not kept.all():
-        rules = rules[kept].reset_index(drop=True)
+        rules, report_order = rules[kept].reset_index(drop=True), report_order[kept]
         header, options, target = (part.filter(pa.array(kept)) for part in (header, options,
                                                                             target))
     text = _rule_text(rules, header, options, target)
     too_long = _mask(pc.greater(pc.binary_length(text), MAX_RULE_BYTES))
     if too_long.any():
         problems += _problems(rules, np.where(too_long, f"rule would be longer than Suricata's "
-                                              f"{MAX_RULE_BYTES}-byte line limit", None))
+                                              f"{MAX_RULE_BYTES}-byte line limit", None),
+                              report_order)
         rules, text = rules[~too_long].reset_index(drop=True), text.filter(pa.array(~too_long))
     lines = rules[[column for column in RULE_LINE_COLUMNS if column != "rule"]].astype(
         {column: dtype for column, dtype in RULE_LINE_COLUMNS.items() if column != "rule"})
@@ -655,9 +717,11 @@ def rules_file(lines: pd.DataFrame, header: str) -> bytes:
     comments = ["".join(char for char in line if char.isprintable()).rstrip()
                 for line in header.splitlines()]
     prefix = "".join((line if line.startswith("#") else f"# {line}") + "\n" for line in comments)
-    by_sid = np.argsort(lines["sid"].to_numpy(dtype=np.int64, na_value=-1), kind="stable")
+    sids = lines["sid"].to_numpy(dtype=np.int64, na_value=-1)
     rules = pa.chunked_array(pd.array(lines["rule"], dtype="string").__arrow_array__())
-    return _joined_lines(rules.take(pa.array(by_sid)), prefix.encode())
+    if len(sids) > 1 and (np.diff(sids) < 0).any():  # a built ruleset comes in sid order
+        rules = rules.take(pa.array(np.argsort(sids, kind="stable")))
+    return _joined_lines(rules, prefix.encode())
 
 
 _ACTIONS = "alert|drop|pass|reject|rejectsrc|rejectdst|rejectboth"
@@ -666,8 +730,8 @@ _QUOTED = r'"(?:[^"\\;]|\\.)*"'  # Suricata splits options at every unescaped ';
 _OPTION = r' *[A-Za-z0-9_.-]+(?: *:(?:[^";\\]|\\.|' + _QUOTED + r')*)? *;'
 _RULE_GRAMMAR = (rf"^(?:{_ACTIONS}) +[A-Za-z0-9_.-]+ +{_ADDRESS_OR_PORT} +{_ADDRESS_OR_PORT} +"
                  rf"(?:->|<>|=>) +{_ADDRESS_OR_PORT} +{_ADDRESS_OR_PORT} +\((?:{_OPTION})+ *\)$")
-# (RE2, problem, problem when it matches); run only when a whole-file byte scan finds a byte
-# outside _ALLOWED_BYTES, to say which lines
+# (RE2, problem, problem when it matches); run only when a line holds a byte a rules file
+# may not (anything but printable ASCII, UTF-8 sequences, tab and newline), to say which
 _BYTE_CHECKS: tuple[tuple[str, str, bool], ...] = (
     (r"[\x00-\x08\x0a-\x1f\x7f]", "contains a control character", True),
     (r"\x{FFFD}", "is not valid UTF-8", True),
@@ -682,38 +746,75 @@ _LINE_CHECKS: tuple[tuple[str, str, bool], ...] = (
     (r"rev *: *[0-9]+ *;", "has no rev", False),
 )
 _SID = r"sid *: *(?P<sid>[0-9]{1,18}) *;"
-# bytes a rules file may hold: printable ASCII, UTF-8 sequences, tab, newline
-_ALLOWED_BYTES = bytes([0x09, 0x0A, *range(0x20, 0x7F), *range(0x80, 0x100)])
+# The renderer's shape, printable ASCII without backslashes: action, single-spaced header,
+# msg first, `sid:N; rev:N;` as written. Every line it matches is a sub-case of
+# _RULE_GRAMMAR and passes each _LINE_CHECKS and _BYTE_CHECKS entry (see check_rules_file).
+_UNQUOTED = r'[ !#-:<-\[\]-~]'  # printable ASCII but '"', ';' and '\\'
+_TOKEN = r"[!#-'*-:<-Z^-~]+"  # printable ASCII but space, quotes, (, ), [, ], ; and \\
+_STRICT_OPTION = rf' ?[A-Za-z0-9_.-]+(?::(?:{_UNQUOTED}|"{_UNQUOTED}*")*)?;'
+_STRICT_RULE = (rf'^(?:{_ACTIONS}) [A-Za-z0-9_.-]+ {_TOKEN} {_TOKEN} (?:->|<>|=>) {_TOKEN} '
+                rf'{_TOKEN} \(msg:"{_UNQUOTED}*";(?:{_STRICT_OPTION})* sid:[0-9]{{1,18}}; '
+                rf'rev:[0-9]+;(?:{_STRICT_OPTION})*\)$')
 MAX_CHECK_PROBLEMS = 100
 
 
 def check_rules_file(content: bytes) -> list[str]:
     """Structural problems of a rules file, [] when it looks loadable: run before the file
     replaces the one Suricata uses. Cheap and whole-file (RE2 over every line at once); it
-    does not know keywords, so it is a guard against broken generation, not `suricata -T`."""
+    does not know keywords, so it is a guard against broken generation, not `suricata -T`.
+
+    One strict pattern (`_STRICT_RULE`, the shape the renderer writes) clears most lines in
+    a single pass; every check below runs on the lines it does not clear. A line it clears
+    passes all of them, so the problems found are the same as with every check on every
+    line; sids are read from every rule line, in a second thread meanwhile."""
     if content and not content.endswith(b"\n"):
         return ["the last line is not terminated by a newline"]
     lines, valid_utf8 = _file_lines(content)
-    # comment and blank lines are checked along with the rules (a few header lines) and
-    # their results ignored: cheaper than copying hundreds of MB of rules out of the file
-    is_rule = ~_mask(pc.match_substring_regex(lines, r"^(?:#|\s*$)"))
-    numbers = np.arange(1, len(lines) + 1)
-    clean_bytes = valid_utf8 and not content.translate(None, delete=_ALLOWED_BYTES)
-    problems: list[tuple[int, str]] = []
-    found = ~is_rule
-    for pattern, why, matching_is_bad in (() if clean_bytes else _BYTE_CHECKS) + _LINE_CHECKS:
-        matched = _mask(pc.match_substring_regex(lines, pattern))
-        bad = (matched if matching_is_bad else ~matched) & ~found
-        found |= bad
-        problems += [(int(number), why) for number in numbers[bad]]
-    too_long = _mask(pc.greater(pc.binary_length(lines), MAX_RULE_BYTES)) & is_rule
-    problems += [(int(n), f"is longer than {MAX_RULE_BYTES} bytes") for n in numbers[too_long]]
-    problems += _sid_problems(lines, np.flatnonzero(is_rule), found)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # arrow kernels run without the GIL
+        sid_text = pool.submit(_sid_texts, lines)
+        strict = _mask(pc.match_substring_regex(lines, _STRICT_RULE))
+        problems, is_rule, found = _checked_lines(lines, np.flatnonzero(~strict), valid_utf8)
+        too_long = _mask(pc.greater(pc.binary_length(lines), MAX_RULE_BYTES)) & is_rule
+        numbers = np.arange(1, len(lines) + 1)
+        problems += [(int(n), f"is longer than {MAX_RULE_BYTES} bytes")
+                     for n in numbers[too_long]]
+        problems += _sid_problems(sid_text.result(), np.flatnonzero(is_rule), found)
     messages = [f"line {number}: {why}" for number, why in sorted(problems)]
     if len(messages) > MAX_CHECK_PROBLEMS:
         more = len(messages) - MAX_CHECK_PROBLEMS
         messages = [*messages[:MAX_CHECK_PROBLEMS], f"... and {more} more problems"]
     return messages
+
+
+def _checked_lines(lines: pa.Array, rows: np.ndarray, valid_utf8: bool,
+                   ) -> tuple[list[tuple[int, str]], np.ndarray, np.ndarray]:
+    """Every check on the lines at `rows`: (line number, problem) pairs, which lines of the
+    file are rules, and which rule lines have a problem already (a missing sid is then
+    not reported on top). Lines not in `rows` are rules without problems."""
+    is_rule = np.ones(len(lines), dtype=bool)
+    found = np.zeros(len(lines), dtype=bool)
+    if not len(rows):
+        return [], is_rule, found
+    checked = lines.take(pa.array(rows))
+    # comment and blank lines are checked along with the rules and their results ignored
+    comment = _mask(pc.match_substring_regex(checked, r"^(?:#|\s*$)"))
+    is_rule[rows[comment]] = False
+    # a cleared line holds only printable ASCII: the file's bytes are clean when these are
+    clean_bytes = valid_utf8 and not _mask(pc.match_substring_regex(
+        checked, _BYTE_CHECKS[0][0])).any()
+    bad_here = comment.copy()
+    problems: list[tuple[int, str]] = []
+    for pattern, why, matching_is_bad in (() if clean_bytes else _BYTE_CHECKS) + _LINE_CHECKS:
+        matched = _mask(pc.match_substring_regex(checked, pattern))
+        bad = (matched if matching_is_bad else ~matched) & ~bad_here
+        bad_here |= bad
+        problems += [(int(row) + 1, why) for row in rows[bad]]
+    found[rows] = bad_here & ~comment
+    return problems, is_rule, found
+
+
+def _sid_texts(lines: pa.Array) -> pa.Array:
+    return pc.struct_field(pc.extract_regex(lines, _SID), "sid")
 
 
 def _file_lines(content: bytes) -> tuple[pa.Array, bool]:
@@ -731,10 +832,9 @@ def _file_lines(content: bytes) -> tuple[pa.Array, bool]:
     return lines.slice(0, max(len(lines) - 1, 0)), valid_utf8  # nothing after the last \n
 
 
-def _sid_problems(lines: pa.Array, rule_rows: np.ndarray,
+def _sid_problems(sid_text: pa.Array, rule_rows: np.ndarray,
                   already_bad: np.ndarray) -> list[tuple[int, str]]:
-    """Rule lines (at `rule_rows`) without a sid, or sharing one."""
-    sid_text = pc.struct_field(pc.extract_regex(lines, _SID), "sid")
+    """Rule lines (at `rule_rows`; `sid_text` per line) without a sid, or sharing one."""
     rule_sids = pc.cast(sid_text, pa.int64()).take(pa.array(rule_rows, pa.int64()))
     if not rule_sids.null_count and len(pc.unique(rule_sids)) == len(rule_sids):
         return []  # the usual case, without a pandas pass over millions of sids

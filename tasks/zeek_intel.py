@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.detections import ParseProblem
 from tasks.flowmon_blacklists import LINE_UNSAFE, line_unsafe, sorted_distinct_lines
 
 ZEEK_FIELDS = ("indicator", "indicator_type", "meta.source", "meta.desc", "meta.url")
@@ -38,6 +39,7 @@ ZEEK_TYPES: dict[str, str] = {
 }
 UNSET = "-"  # Zeek's input framework reads a lone hyphen as an unset field
 URL_SCHEME = r"^[A-Za-z][A-Za-z0-9+.\-]*://"
+ZEEK_FILE_LABEL = "Zeek intel"
 UNSAFE_INDICATOR = "unsafe value (whitespace, control character or leading '#')"
 
 
@@ -73,6 +75,18 @@ def render_zeek_intel(
                                         tail.take(pa.array(rows)),
                                         pa.scalar("\t", pa.large_string()))
     return sorted_distinct_lines(lines, prefix=header)
+
+
+def zeek_intel_refused(indicators: pd.DataFrame) -> list[ParseProblem]:
+    """The indicators left out as unsafe, each named for the run report (a kind Zeek has
+    no type for is expected, and only counted)."""
+    values, types, written, _ = _zeek_rows(indicators)
+    unsafe = _mask(pc.is_valid(types)) & ~written
+    return [ParseProblem.make(f"{ZEEK_FILE_LABEL}, attribute {attribute}", UNSAFE_INDICATOR,
+                              repr(value))
+            for attribute, value in zip(indicators["attribute_uuid"].to_numpy()[unsafe],
+                                        values.filter(pa.array(unsafe)).to_pylist(),
+                                        strict=True)]
 
 
 def zeek_intel_skipped(indicators: pd.DataFrame) -> dict[str, int]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from misp_ndr.errors import ConfigError, InputError
 from tasks.rule_indicators import RESERVED_TOP_SIDS, RULE_INDICATOR_COLUMNS, expand_rule_variants
 from tasks.rule_sids import SID_MAP_COLUMNS, SidAllocator, read_sid_map, write_sid_map
+from tasks.ruleset_build import diff_rules, previous_rules
 
 START = 1_000_000
 END = 1_999_999
@@ -228,3 +232,122 @@ def test_same_attributes_in_any_order_get_the_same_sids_on_another_machine(
     shuffled = rules.sample(frac=1, random_state=3)
     there = SidAllocator(tmp_path / "there.sqlite", 1_000_000, 1_002_199).assign(shuffled)
     assert sids_by_uuid(here) == sids_by_uuid(there)  # dense range: collisions included
+
+
+def test_previous_rules_reads_sid_and_rev_as_read_sid_map_does(tmp_path: Path) -> None:
+    """The diff's fast reader, on a map whose values hold commas, quotes and line breaks."""
+    lines = rule_lines(['http://x.example/a,b', 'http://x.example/"q"',
+                        "http://x.example/\r\nInjected", "null"]).assign(
+        rev=pd.array([1, 2, 3, 4], dtype="Int32"))
+    path = tmp_path / "sid-map.csv"
+    path.write_bytes(write_sid_map(lines))
+
+    fast = previous_rules(path)
+
+    slow = read_sid_map(path)[["sid", "rev"]]
+    assert fast.to_dict("records") == slow.to_dict("records")
+    assert fast["rev"].tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("content", ["", "sid,rev\n1,1\n",
+                                     "sid,rev,attribute_uuid,event_uuid,kind,variant,value\n"
+                                     "12x,1,a,b,ip,ip,192.0.2.1\n"])
+def test_previous_rules_refuses_what_read_sid_map_refuses(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "sid-map.csv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=r"sid-map\.csv"):
+        previous_rules(path)
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ([(1, 1), (2, 1), (3, 1)], [(2, 1), (3, 2), (4, 1), (5, 1)]),  # unique sids: numpy
+    ([(1, 1), (1, 2), (3, 1)], [(1, 1), (3, 2), (4, 1)]),  # a repeated sid: the merge
+])
+def test_diff_counts_added_removed_and_changed_rules(old: list[tuple[int, int]],
+                                                     new: list[tuple[int, int]]) -> None:
+    def frame(pairs: list[tuple[int, int]]) -> pd.DataFrame:
+        return pd.DataFrame({"sid": pd.array([s for s, _ in pairs], dtype="Int64"),
+                             "rev": pd.array([r for _, r in pairs], dtype="Int32")})
+
+    changes = diff_rules(frame(old), frame(new))
+
+    old_revs = {}
+    for sid, rev in old:
+        old_revs.setdefault(sid, []).append(rev)
+    changed = sum(rev != before for sid, rev in new for before in old_revs.get(sid, []))
+    assert changes == {"added": len({s for s, _ in new} - set(old_revs)),
+                       "removed": len(set(old_revs) - {s for s, _ in new}),
+                       "changed": changed}
+
+
+def stored_rows(path: Path) -> set[tuple[str, int, int, int]]:
+    """What the SQLite file holds, read without the allocator."""
+    with closing(sqlite3.connect(path)) as connection:
+        return set(connection.execute(
+            "SELECT attribute_uuid || '|' || variant, sid, content_hash, rev FROM sids"))
+
+
+def snapshot_rows(allocator: SidAllocator) -> set[tuple[str, int, int, int]]:
+    table = pa.ipc.open_file(allocator.snapshot_path.read_bytes()).read_all()
+    return set(zip(*(table[name].to_pylist() for name in table.column_names), strict=True))
+
+
+def test_the_store_snapshot_follows_every_kind_of_change(tmp_path: Path) -> None:
+    """New pairs, rev bumps, a moved range (pairs stored again) and an unchanged run: the
+    Arrow snapshot always holds what SQLite holds, so reading it gives the same sids."""
+    path = tmp_path / "sids.sqlite"
+    steps = [
+        (START, END, ip_rules(range(30))),
+        (START, END, ip_rules(range(40))),
+        (START, END, ip_rules(range(40)).assign(event_info="Wave 2")),
+        (3_000_000, 3_999_999, ip_rules(range(10, 50))),
+        (3_000_000, 3_999_999, ip_rules(range(10, 50))),
+    ]
+    for start, end, rules in steps:
+        allocator = SidAllocator(path, start, end)
+        assigned = allocator.assign(rules)
+        assert snapshot_rows(allocator) == stored_rows(path)
+        allocator.snapshot_path.unlink()  # the same call without the snapshot: SQLite
+        assert allocator.assign(rules)[["sid", "rev"]].equals(assigned[["sid", "rev"]])
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE sids SET sid = sid + 1 WHERE rowid = (SELECT max(rowid) FROM sids)",
+    "DELETE FROM sids WHERE rowid = 1",
+    "UPDATE sids SET rev = 7",
+])
+def test_a_change_made_behind_the_allocators_back_retires_the_snapshot(
+    tmp_path: Path, edit: str,
+) -> None:
+    """A hand edit (or an older misp-ndr) writes SQLite only: the snapshot must not be
+    believed afterwards."""
+    path = tmp_path / "sids.sqlite"
+    allocator = SidAllocator(path, START, END)
+    allocator.assign(ip_rules(range(20)))
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(edit)
+
+    assigned = allocator.assign(ip_rules(range(20)))
+
+    expected = {pair.split("|")[0]: (sid, rev) for pair, sid, _hash, rev in stored_rows(path)}
+    assert {uuid: (int(sid), int(rev)) for uuid, sid, rev in zip(
+        assigned["attribute_uuid"], assigned["sid"], assigned["rev"], strict=True)} == expected
+    assert snapshot_rows(allocator) == stored_rows(path)
+
+
+@pytest.mark.parametrize("body", [
+    "1,1,a,b,ip,ip\n",  # a short row: pandas fills it
+    "1,1,a,b,ip,ip,x,extra\n",  # a long row
+    '1,1,a,b,url,http,"x\n2,2,y"\n3,1,a,b,ip,ip,z\n',  # a line break inside quotes
+    "1,1,a,b,ip,ip,\xff\n",  # not UTF-8
+])
+def test_previous_rules_agrees_with_read_sid_map_on_odd_maps(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "sid-map.csv"
+    path.write_bytes((",".join(SID_MAP_COLUMNS) + "\n" + body).encode("latin-1"))
+    try:
+        expected = read_sid_map(path)[["sid", "rev"]].to_dict("records")
+    except InputError:
+        with pytest.raises(InputError):
+            previous_rules(path)
+    else:
+        assert previous_rules(path).to_dict("records") == expected

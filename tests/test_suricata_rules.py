@@ -4,16 +4,20 @@ value or event info can break out of its quoted field."""
 from __future__ import annotations
 
 import base64
+import random
 import re
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from suricataparser import parse_rule, parse_rules
 
 from misp_ndr.config import RulesSettings
+from tasks import suricata_rules as module
 from tasks.rule_indicators import (
     RULE_INDICATOR_COLUMNS,
     TAG_SEPARATOR,
@@ -516,3 +520,96 @@ def test_base64_lines_match_the_standard_encoding(text: str) -> None:
     encoded = base64_lines(pa.array([text, "pad"], pa.string())).to_pylist()
 
     assert encoded == [base64.b64encode(text.encode()).decode(), "cGFk"]
+
+
+# --- the check's one-pattern fast path finds what every check on every line finds ----------
+
+
+def every_check_on_every_line(content: bytes) -> list[str]:
+    """check_rules_file without its fast path: each check runs on every line."""
+    lines, valid_utf8 = module._file_lines(content)
+    problems, is_rule, found = module._checked_lines(lines, np.arange(len(lines)), valid_utf8)
+    long_lines = pc.greater(pc.binary_length(lines), module.MAX_RULE_BYTES).to_numpy(
+        zero_copy_only=False) & is_rule
+    problems += [(int(n) + 1, f"is longer than {module.MAX_RULE_BYTES} bytes")
+                 for n in np.flatnonzero(long_lines)]
+    problems += module._sid_problems(module._sid_texts(lines), np.flatnonzero(is_rule), found)
+    return [f"line {number}: {why}" for number, why in sorted(problems)]
+
+
+EDITS = ['"', ";", "\\", "(", ")", "[", " ", "\x07", "\t", "\u00e9", "|", "#", ":", "\r"]
+
+
+def test_fast_path_of_the_check_reports_exactly_what_the_full_check_reports() -> None:
+    """Rendered rules with one character inserted, replaced or deleted at seeded random
+    places (quotes, semicolons, backslashes, parentheses, control and non-ASCII bytes):
+    the fast path must neither miss a problem nor invent one."""
+    lines, problems = render(
+        {"kind": "ip", "value": "203.0.113.7", "port": 443},
+        {"kind": "domain", "value": "evil.example"},
+        {"kind": "url", "value": 'http://evil.example/a;b"c|d%20e'},
+        {"kind": "ja3", "value": "e7d705a3286e19ea42f587b344ee6865"})
+    assert problems == []
+    rules = lines["rule"].tolist()
+    chance = random.Random(6)
+    broken_files = 0
+    for _ in range(200):
+        edited = list(rules)
+        row = chance.randrange(len(edited))
+        rule, at = edited[row], chance.randrange(len(edited[row]))
+        action = chance.choice(["insert", "replace", "delete"])
+        edit = "" if action == "delete" else chance.choice(EDITS)
+        edited[row] = rule[:at] + edit + rule[at + (action != "insert"):]
+        content = ("# header\n" + "\n".join(edited) + "\n").encode()
+
+        found = check_rules_file(content)
+
+        assert found == every_check_on_every_line(content), edited[row]
+        broken_files += bool(found)
+    assert broken_files > 50  # the edits do break rules, so both paths had work to do
+
+
+def test_rules_come_in_sid_order_and_problems_by_kind_then_as_given() -> None:
+    """Lines in sid order (what the rules file and the sid map are written in); refused
+    rows reported in a fixed order (by kind, then as given) whatever their sids."""
+    rows = expand_rule_variants(indicators(
+        {"kind": "domain", "value": "evil.example"},
+        {"kind": "url", "value": "ftp://evil.example/x"},
+        {"kind": "ip", "value": "not-an-ip"},
+        {"kind": "ip", "value": "203.0.113.9"},
+        {"kind": "domain", "value": "bücher.example"},
+        {"kind": "url", "value": "gopher://evil.example/"},
+        {"kind": "ip", "value": "203.0.113.300"}))
+    rows = with_sids(rows)
+    rows["sid"] = pd.array(rows["sid"].to_numpy(dtype=int)[::-1], dtype="Int64")
+
+    lines, problems = render_rule_lines(rows, SETTINGS)
+
+    assert lines["sid"].tolist() == sorted(lines["sid"].tolist())
+    assert lines["value"].tolist() == ["203.0.113.9"] + ["evil.example"] * 3
+    assert [(problem.source, problem.excerpt) for problem in problems] == [
+        (f"MISP attribute {attribute_uuid(5)}", "bücher.example"),
+        (f"MISP attribute {attribute_uuid(3)}", "not-an-ip"),
+        (f"MISP attribute {attribute_uuid(7)}", "203.0.113.300"),
+        (f"MISP attribute {attribute_uuid(2)}", "ftp://evil.example/x"),
+        (f"MISP attribute {attribute_uuid(6)}", "gopher://evil.example/"),
+    ]
+
+
+def test_rules_rendered_in_blocks_are_the_rules_rendered_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rule text is built in blocks of rows (an arrow string array stops at 2 GiB, a
+    5M-rule set is over 3 GB): block edges must not show in the rules or the file."""
+    rows = [{"kind": "ip", "value": f"203.0.113.{n}"} for n in range(1, 8)] + [
+        {"kind": "domain", "value": "evil.example", "event_info": ""},
+        {"kind": "url", "value": 'http://evil.example/a;b"c'}]
+    whole, _ = render(*rows)
+    monkeypatch.setattr(module, "_TEXT_BLOCK_ROWS", 3)
+
+    blocks, problems = render(*rows)
+
+    assert problems == []
+    assert blocks["rule"].tolist() == whole["rule"].tolist()
+    assert rules_file(blocks, "h") == rules_file(whole, "h")
+    assert check_rules_file(rules_file(blocks, "h")) == []
