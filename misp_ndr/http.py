@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InsecureRequestWarning
+from urllib3.exceptions import InsecureRequestWarning, NewConnectionError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
 from misp_ndr.config import TlsClientSettings
@@ -23,6 +25,9 @@ from misp_ndr.errors import AuthError, RejectedError, TransientError
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A server asking for a longer pause than this (urllib3 would wait up to 6 h) is waited for
+# this long: a run that sleeps for hours holds its concurrency slot; the schedule retries.
+RETRY_AFTER_MAX_SECONDS = 120
 _warned_insecure: set[str] = set()
 
 
@@ -38,6 +43,7 @@ def retry_policy(tls: TlsClientSettings) -> Retry:
         status_forcelist=TRANSIENT_STATUSES,
         allowed_methods=None,  # every method: writes mounted here are idempotent
         respect_retry_after_header=True,
+        retry_after_max=RETRY_AFTER_MAX_SECONDS,
         raise_on_status=False,
     )
 
@@ -62,10 +68,23 @@ def warn_if_insecure(tls: TlsClientSettings, system: str) -> None:
         warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 
 
+class SettingsFirstSession(requests.Session):
+    """requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override `session.verify`: on a
+    host exporting them, our ca_bundle and verify_tls=false would be silently ignored. An
+    explicit choice in our settings wins; the default (True) still takes the host's bundle."""
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> dict[str, Any]:
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            merged["verify"] = self.verify
+        return merged
+
+
 def build_session(tls: TlsClientSettings, system: str) -> requests.Session:
     """A session with our retry adapter on http and https, and the TLS choice applied."""
     warn_if_insecure(tls, system)
-    session = requests.Session()
+    session = SettingsFirstSession()
     adapter = retrying_adapter(tls)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -75,13 +94,20 @@ def build_session(tls: TlsClientSettings, system: str) -> requests.Session:
 
 def describe_failure(exc: BaseException) -> str:
     """A short reason for a transport failure, without URLs' query strings or headers."""
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, requests.Timeout) or _retries_timed_out(exc):
         return "timed out"
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS verification failed (set a CA bundle, or verify_tls=false explicitly)"
     if isinstance(exc, requests.ConnectionError):
         return "connection failed (refused, reset or unreachable)"
     return type(exc).__name__
+
+
+def _retries_timed_out(exc: BaseException) -> bool:
+    """A read timeout that outlasted our `Retry` reaches requests as MaxRetryError, which
+    it raises as a plain ConnectionError: only the reason tells it was a timeout."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, Urllib3Timeout) and not isinstance(reason, NewConnectionError)
 
 
 def raise_for_answer(status: int, system: str, what: str, detail: str = "") -> None:

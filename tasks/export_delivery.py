@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from misp_ndr.config import Settings
-from misp_ndr.errors import AuthError, MispNdrError, TransientError
 from misp_ndr.task_policy import batch_task
 from tasks.export_ledger import ExportLedger
 from tasks.misp import MispClient, PushResult
@@ -43,8 +42,9 @@ def destination_name(settings: Settings, feed_dir: Path, to_misp: bool) -> str:
 
 def deliver_to_misp(drafts: list[EventDraft], settings: Settings) -> DeliveryResult:
     """Up to `misp.concurrency` events in flight; each is recorded in the ledger as soon as
-    MISP accepted it. A transient or auth failure stops new sends, lets those in flight
-    finish (and be recorded), then aborts the batch for a retry of what is left."""
+    MISP accepted it. A failure (transient, auth, or any other: a sending thread's MISP
+    connection may fail on its own) stops new sends, lets those in flight finish (and be
+    recorded), then aborts the batch for a retry of what is left."""
     with ExportLedger(settings.state_dir / "export-ledger.sqlite") as ledger:
         result = DeliveryResult(destination_name(settings, Path(), to_misp=True))
         known = ledger.fingerprints(result.destination, (d.uuid for d in drafts))
@@ -61,7 +61,7 @@ def _send(todo: list[EventDraft], settings: Settings, ledger: ExportLedger,
     for tag in sorted({tag for draft in todo for tag in draft.tags}):
         client.ensure_tag(tag)
     clients = PerThreadClients(settings.misp)
-    failure: MispNdrError | None = None
+    failure: Exception | None = None
     with ThreadPoolExecutor(settings.misp.concurrency, "misp-export") as pool:
         sends = {pool.submit(lambda d: clients.get().push_event(d), draft): draft
                  for draft in todo}
@@ -70,7 +70,7 @@ def _send(todo: list[EventDraft], settings: Settings, ledger: ExportLedger,
                 continue
             try:
                 outcome = sent.result()
-            except (TransientError, AuthError) as exc:
+            except Exception as exc:  # not only ours: whatever it is, record the others
                 failure = failure or exc
                 for pending in sends:
                     pending.cancel()

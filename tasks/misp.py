@@ -9,6 +9,7 @@ types: `TransientError` (retry later), `AuthError` (fix the key or its role), or
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -238,7 +239,8 @@ class MispClient:
 
     def add_sighting(self, body: dict[str, Any]) -> SightingResult:
         """`POST /sightings/add` with `body` as MISP's OpenAPI spec shapes it: `uuid` (an
-        attribute) or `values` with `filters`, and `source`, `type`, `timestamp`."""
+        attribute) or `values` with `filters`, and `source`, `type`, `timestamp`. "failed"
+        only when MISP refused it; an answer of unknown meaning is a `TransientError`."""
         api = self._connected()
         what = f"adding a sighting of {body.get('uuid') or body.get('values')}"
         answer = self._request(what, lambda: api.direct_call(SIGHTING_ADD_PATH, body))
@@ -250,10 +252,14 @@ class MispClient:
             if not _is_validation_failure(error[1]):
                 raise_for_answer(error[0], SYSTEM, what, self._summary(error[1]))
             return SightingResult("failed", f"MISP refused {what}: {self._summary(error[1])}")
-        if isinstance(answer, dict) and ("Sighting" in answer or _flag(answer.get("saved"))):
+        if _sighting_added(answer):
             return SightingResult("added")
-        return SightingResult("failed", f"MISP answered {what} unexpectedly: "
-                                        f"{self._summary(answer)}")
+        # Neither a sighting nor a refusal (a cut or non-JSON body, a proxy's page): MISP
+        # may well have added it. Reporting it as not added would let the next run send
+        # it again; as transient, it stays pending and is looked up before any re-send.
+        raise TransientError(f"MISP {self._url} answered {what} with neither a sighting "
+                             f"nor a refusal ({self._summary(answer)}); it may have been "
+                             "added, so it is looked up before being sent again")
 
     def find_sightings(self, source: str, timestamp: int) -> list[dict[str, Any]]:
         """Sightings with this exact source and time, each with `attribute_uuid` and
@@ -405,7 +411,12 @@ class MispClient:
         return ""
 
     def _attribute_page(self, what: str, answer: Any) -> list[dict[str, Any]]:
-        """PyMISP strips MISP's outer `response`, leaving `{"Attribute": [...]}`."""
+        """PyMISP strips MISP's outer `response`, leaving `{"Attribute": [...]}`. A text
+        answer is what PyMISP's orjson refused: the whole page for one non-UTF-8 byte or
+        lone surrogate, which Python's json reads (the one bad value is refused later, per
+        record); a body still not JSON was cut or replaced on the way: worth a retry."""
+        if isinstance(answer, str):
+            answer = self._reparsed_page(what, answer)
         if answer == []:
             return []
         attributes = answer.get("Attribute") if isinstance(answer, dict) else None
@@ -414,6 +425,15 @@ class MispClient:
         raise UnexpectedAnswerError(
             f"MISP {self._url} answered {what} with something that is not an attribute "
             f"list: {self._redact(repr(answer))[:MAX_DETAIL_CHARS]}")
+
+    def _reparsed_page(self, what: str, text: str) -> Any:
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            raise TransientError(
+                f"MISP {self._url} answered {what} with a body that is not JSON (cut short, "
+                f"or a proxy's page): {self._redact(text[:MAX_DETAIL_CHARS])!r}") from None
+        return answer.get("response", answer) if isinstance(answer, dict) else answer
 
     def _summary(self, detail: Any) -> str:
         """MISP's error answer in one short line (name, message and field errors)."""
@@ -476,6 +496,15 @@ def _is_validation_failure(detail: Any) -> bool:
     if not isinstance(detail, dict):
         return False
     return detail.get("saved") is False or str(detail.get("name", "")).startswith("Could not")
+
+
+def _sighting_added(answer: Any) -> bool:
+    """MISP 2.5 answers the sighting it stored; older versions `{"saved": true, ...}`
+    (saveSuccessResponse) or `{"message": "Sighting added"}` (SightingsController)."""
+    if not isinstance(answer, dict):
+        return False
+    message = str(answer.get("message", "")).strip().lower()
+    return "Sighting" in answer or _flag(answer.get("saved")) or message == "sighting added"
 
 
 def _transport_cause(exc: BaseException) -> requests.RequestException | None:

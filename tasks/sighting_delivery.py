@@ -22,7 +22,6 @@ from typing import Any
 import pandas as pd
 
 from misp_ndr.config import Settings
-from misp_ndr.errors import AuthError, MispNdrError, TransientError
 from misp_ndr.task_policy import batch_task
 from tasks.misp import MispClient, SightingResult
 from tasks.misp_clients import PerThreadClients
@@ -82,8 +81,8 @@ def _send(todo: pd.DataFrame, settings: Settings, ledger: SightingLedger,
           result: SightingDelivery) -> None:
     """A chunk at a time: its sightings are marked pending (one commit), sent with up to
     `misp.concurrency` in flight, then each marked sent or forgotten as MISP answers. On a
-    transient or auth failure those in flight finish, the queued ones are forgotten (never
-    sent), and the batch aborts."""
+    failure (transient, auth, or a sending thread's own MISP connection failing) those in
+    flight finish, the queued ones are forgotten (never sent), and the batch aborts."""
     filters, clients = value_filters(settings), PerThreadClients(settings.misp)
     with ThreadPoolExecutor(settings.misp.concurrency, "misp-sightings") as pool:
         for start in range(0, len(todo), SEND_CHUNK):
@@ -100,8 +99,8 @@ def _send(todo: pd.DataFrame, settings: Settings, ledger: SightingLedger,
 
 
 def _collect(sends: dict[Future[SightingResult], Any], ledger: SightingLedger,
-             result: SightingDelivery) -> MispNdrError | None:
-    failure: MispNdrError | None = None
+             result: SightingDelivery) -> Exception | None:
+    failure: Exception | None = None
     for sent in as_completed(sends):
         row = sends[sent]
         if sent.cancelled():
@@ -109,8 +108,8 @@ def _collect(sends: dict[Future[SightingResult], Any], ledger: SightingLedger,
             continue
         try:
             outcome = sent.result()
-        except (TransientError, AuthError) as exc:
-            failure = failure or exc  # stays pending: it may have reached MISP
+        except Exception as exc:  # ours or not: it stays pending (it may have reached
+            failure = failure or exc  # MISP) and the others are still marked as answered
             for queued in sends:
                 queued.cancel()
             continue

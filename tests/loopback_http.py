@@ -3,13 +3,21 @@
 Flow runs started by a Prefect worker live in other processes, where `responses` cannot
 reach; this router takes the same registrations as `responses.RequestsMock` (`add_callback`,
 `get`), so `MispStandIn` answers them over real HTTP with the same state and logic.
+
+A callback may raise one of `tests.fault_injection`'s transport faults instead of answering;
+the server then does on the wire what makes a client raise it (so urllib3's retries see
+it as on a network): `NoAnswer` holds the connection silent until the client gives up,
+`ConnectionReset` resets it (TCP RST), `CutTransfer` sends headers and half the body, then
+closes.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +26,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fault_injection import ConnectionReset, CutTransfer, NoAnswer
+
 Answer = tuple[int, dict[str, str], str]
+STALL_LIMIT_SECONDS = 30  # a `NoAnswer` connection is closed by then, client gone or not
 
 
 @dataclass
@@ -78,17 +89,42 @@ class LoopbackRouter:
                 request = Request(self.command, router.url + self.path, self.rfile.read(length))
                 try:
                     status, headers, body = router.answer(request)
+                except NoAnswer:
+                    return self._stall()
+                except ConnectionReset:
+                    return self._reset()
+                except CutTransfer as cut:
+                    return self._cut(*cut.answer)
                 except Exception as exc:  # an assertion of the stand-in: visible as a 500
                     status, headers, body = 500, {}, f"stand-in error: {exc!r}"
-                data = body.encode()
+                self._send(status, headers, body.encode())
+
+            do_GET = do_POST = _dispatch
+
+            def _send(self, status: int, headers: dict[str, str], data: bytes,
+                      length: int | None = None) -> None:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data) if length is None else length))
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = _dispatch
+            def _stall(self) -> None:
+                """Silent until the client closes the connection (it gave up waiting)."""
+                select.select([self.connection], [], [], STALL_LIMIT_SECONDS)
+                self._reset()
+
+            def _reset(self) -> None:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.connection.close()  # with linger 0: a RST, not a FIN
+                self.close_connection = True
+
+            def _cut(self, status: int, headers: dict[str, str], body: str) -> None:
+                data = body.encode()
+                self._send(status, headers, data[: len(data) // 2], length=len(data))
+                self.close_connection = True
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -102,7 +138,8 @@ def _dumps(value: Any) -> str:
 
 @contextmanager
 def serving(router: LoopbackRouter) -> Iterator[LoopbackRouter]:
-    thread = threading.Thread(target=router.server.serve_forever, daemon=True)
+    # shutdown() waits for the loop's next poll: 0.5 s by default, per test
+    thread = threading.Thread(target=router.server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield router

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 import requests
 import responses
+from urllib3 import HTTPResponse
 
 from misp_ndr.config import ExportSettings, MispSettings
 from misp_ndr.errors import AuthError, ConfigError, RejectedError, TransientError
+from misp_ndr.http import RETRY_AFTER_MAX_SECONDS, retry_policy
 from tasks.detections import normalize_detections
 from tasks.misp import MispClient, content_for_update
 from tasks.misp_events import EventDraft, build_event_drafts
@@ -351,3 +353,10 @@ def test_non_json_client_error_is_not_reported_as_a_server_outage(
     rsps.post(f"{URL}/tags/search", status=404, body="<html>Not Found</html>")
     with pytest.raises(RejectedError, match="HTTP 404"):
         MispClient(misp_settings()).ensure_tag("misp-ndr")
+
+
+def test_a_retry_after_of_hours_is_waited_for_two_minutes_at_most() -> None:
+    """A run sleeping for hours would hold its concurrency slot; the schedule retries."""
+    policy = retry_policy(MispSettings(url=URL, api_key=API_KEY))
+    answer = HTTPResponse(status=503, headers={"Retry-After": "21600"})
+    assert policy.get_retry_after(answer) == RETRY_AFTER_MAX_SECONDS == 120

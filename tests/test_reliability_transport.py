@@ -34,11 +34,6 @@ from tests.tls_certs import serve_over_tls, write_private_ca
 MISP_KEY = "Tq4wTransportTestKey0a1b2c3d4e5f6g7h8i9j"
 CA_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 OFF_WARNING = "TLS certificate verification is OFF for"
-ENV_OVERRIDE_BUG = (
-    "misp_ndr/http.py build_session sets session.verify, which requests overrides with "
-    "REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment (verify is not passed per "
-    "request, tasks/flowmon.py FlowmonClient._send): Flowmon's ca_bundle and verify_tls=false "
-    "are ignored on hosts exporting those variables")
 
 
 @dataclass(frozen=True)
@@ -128,11 +123,8 @@ def tls_params() -> list[Any]:
     for system in ("MISP", "Flowmon"):
         for case in CASES:
             for exported in (False, True):
-                broken = system == "Flowmon" and exported and case.trusted
-                marks = [pytest.mark.xfail(strict=True, reason=ENV_OVERRIDE_BUG)] if broken \
-                    else []
                 where = "REQUESTS_CA_BUNDLE exported" if exported else "no CA env vars"
-                params.append(pytest.param(system, case, exported, marks=marks,
+                params.append(pytest.param(system, case, exported,
                                            id=f"{system}: {case.name}, {where}"))
     return params
 
