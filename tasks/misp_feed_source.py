@@ -24,6 +24,7 @@ from misp_ndr.config import TlsClientSettings
 from misp_ndr.errors import ConfigError, InputError, TransientError
 from misp_ndr.http import TRANSIENT_STATUSES, build_session, describe_failure, raise_for_answer
 from misp_ndr.task_policy import batch_task
+from tasks.detections import ParseProblem
 from tasks.misp_feed import MANIFEST, event_file_name
 from tasks.misp_pull import (
     AttributeQuery,
@@ -31,6 +32,8 @@ from tasks.misp_pull import (
     PullResult,
     attribute_table,
     oldest_event_date,
+    record_excerpt,
+    record_name,
     select_pulled,
 )
 
@@ -44,7 +47,8 @@ def read_feed_attributes(location: str, query: AttributeQuery, tls: TlsClientSet
                          now: datetime | None = None) -> PullResult:
     """The feed's attributes that satisfy `query`, as `pull_attributes` returns them;
     `pages` counts the event files read. A missing or broken feed, manifest or event file
-    raises InputError naming it (an unreachable URL: TransientError)."""
+    raises InputError naming it (an unreachable URL: TransientError); a malformed record
+    in a good event file is one of the result's `problems`, and the rest is read."""
     shown = displayed_location(location)
     read = _url_reader(location, tls) if _is_url(location) else _directory_reader(location)
     manifest = _json(read(MANIFEST), shown, MANIFEST)
@@ -53,24 +57,53 @@ def read_feed_attributes(location: str, query: AttributeQuery, tls: TlsClientSet
     oldest = oldest_event_date(query.max_event_age_days, now)
     listed = sorted(event_id for event_id in manifest
                     if not _listed_before(manifest[event_id], oldest))
-    current = {"event": ""}
+    problems: list[ParseProblem] = []
+    reading = _EventInProgress()
+
+    def refused(position: int, record: Any, why: MalformedAttribute) -> None:
+        where = f"feed event {reading.event_id}"
+        reading.refused.append(ParseProblem.make(
+            record_name(where, position - reading.first + 1, record), f"{where}: {why}",
+            record_excerpt(record)))
 
     def pairs() -> Iterator[tuple[Any, Any]]:
+        position = 0
         for event_id in listed:
-            current["event"] = event_id
             event = _event(read, shown, event_id)
-            for attribute in event_attributes(event):
+            reading.start(event_id, position + 1)
+            attributes = event_attributes(event)
+            for attribute in attributes:
+                position += 1
                 yield attribute, event
+            problems.extend(reading.finish(shown, len(attributes)))
 
-    try:
-        pulled = attribute_table(pairs())
-    except MalformedAttribute as exc:
-        raise InputError(f"{SYSTEM} {shown}: event {current['event']}: {exc}") from None
+    pulled = attribute_table(pairs(), on_malformed=refused)
     result = select_pulled(pulled, query, pages=len(listed), now=now)
+    result.problems = problems
     skipped_old = len(manifest) - len(listed)
     if skipped_old:
         result.skipped[SKIP_OLD_EVENTS] = skipped_old
     return result
+
+
+class _EventInProgress:
+    """The event file whose records `attribute_table` is checking, and those it refused.
+    A file in which not one record is an attribute is not the event it claims to be: the
+    feed is broken there, and a full rebuild without that event would be a partial ruleset."""
+
+    def __init__(self) -> None:
+        self.event_id = ""
+        self.first = 1  # stream position of the event's first record
+        self.refused: list[ParseProblem] = []
+
+    def start(self, event_id: str, first: int) -> None:
+        self.event_id, self.first, self.refused = event_id, first, []
+
+    def finish(self, shown: str, records: int) -> list[ParseProblem]:
+        if records and len(self.refused) == records:
+            raise InputError(f"{SYSTEM} {shown}: event {self.event_id}: "
+                             f"{self.refused[0].reason}")
+        return self.refused
 
 
 def event_attributes(event: dict[str, Any]) -> list[Any]:
@@ -118,8 +151,10 @@ def _event(read: FeedReader, shown: str, event_id: str) -> dict[str, Any]:
 
 
 def _json(data: bytes, shown: str, name: str) -> Any:
+    """Bytes that are not UTF-8 are read with U+FFFD in their place: the value holding
+    them is then refused alone (`attribute_table`), not the whole event file."""
     try:
-        return json.loads(data)
+        return json.loads(data.decode("utf-8", errors="replace"))
     except ValueError as exc:
         raise InputError(f"{SYSTEM} {shown}: {name} is not valid JSON ({exc})") from None
 

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from misp_ndr.config import MispSettings
 from misp_ndr.moments import as_utc
 from misp_ndr.task_policy import batch_task
+from tasks.detections import ParseProblem
 from tasks.misp import MispClient, UnexpectedAnswerError
 from tasks.rule_indicators import (
     HANDLED_TYPES,
@@ -46,6 +47,7 @@ from tasks.rule_indicators import (
 log = logging.getLogger(__name__)
 
 ATTRIBUTE_ORDER = "Attribute.id asc"  # offset paging needs a stable order
+EMPTY_PAGES_AT_END = 2  # see pull_attributes: one empty page may be warninglists at work
 
 # Event facts the local filters need; dropped before the table is handed on.
 EVENT_COLUMNS: dict[str, str] = {
@@ -68,6 +70,9 @@ SKIP_REPEATED = "repeated on a later page"
 SKIP_REASONS = (SKIP_TYPE, SKIP_NOT_IDS, SKIP_UNPUBLISHED, SKIP_OLD, SKIP_WINDOW,
                 SKIP_NOT_TAGGED, SKIP_EXCLUDED)  # those `query_mask` counts, in its order
 CHUNK_ROWS = 10_000  # records converted at once by `attribute_table`
+# No indicator is anywhere near this long (a URL rule takes 1 KiB at most): a longer value is
+# refused as the record is read, so a huge one is never copied into the table's columns.
+MAX_VALUE_CHARS = 65_536
 # Kept page tables are joined into blocks of this many rows as the pull goes: hundreds of
 # small NumPy columns left between the pages' short-lived JSON fragment the C heap, and
 # parsing and converting each later page got slower (a 1M pull: page 200 took 1.4 times
@@ -97,6 +102,9 @@ class PullResult:
     pages: int  # pages (or feed event files) that held attributes
     by_type: dict[str, int]  # rows passed on, per MISP type
     skipped: dict[str, int] = field(default_factory=dict)  # left out locally: reason -> rows
+    # records that are no usable attribute, each named; left out, so an incremental update
+    # keeps what the ruleset had for them
+    problems: list[ParseProblem] = field(default_factory=list)
 
 
 class MalformedAttribute(ValueError):
@@ -159,7 +167,9 @@ def pull_attributes(
     on_page: Callable[[int, int], None] | None = None,
     now: datetime | None = None,
 ) -> PullResult:
-    """Pages 1, 2, ... until MISP answers an empty page. Each page becomes a small table at
+    """Pages 1, 2, ... until MISP answers two empty pages in a row. One is MISP's end mark,
+    but warninglists filter each page after paging, so a page in the middle can come back
+    empty too: stopping there would publish a partial ruleset. Each page becomes a small table at
     once, its JSON dropped before the next is asked for, and `query` is applied to it there,
     so memory grows with the rows kept, not with the answers or their number.
     Any error mid-pull propagates: a partial pull never poses as a complete one."""
@@ -168,13 +178,17 @@ def pull_attributes(
     kept: list[pd.DataFrame] = []  # whole blocks of pages, then the pages since
     in_block = 0  # pages at the end of `kept` not in a block yet
     skipped: Counter[str] = Counter()
+    problems: list[ParseProblem] = []
     previous_page: set[str] = set()
-    page = 1
-    while True:
+    page, empty_in_a_row = 1, 0
+    while empty_in_a_row < EMPTY_PAGES_AT_END:
         with _collector_paused():
-            frame = _page_frame(client, filters, page, page_size, on_page)
+            frame = _page_frame(client, filters, page, page_size, on_page, problems)
+        page += 1
         if frame is None:
-            break
+            empty_in_a_row += 1
+            continue
+        empty_in_a_row = 0
         uuids = set(frame["attribute_uuid"].dropna())
         if uuids and uuids <= previous_page:
             raise UnexpectedAnswerError(
@@ -188,10 +202,11 @@ def pull_attributes(
         if sum(len(part) for part in kept[-in_block:]) >= BLOCK_ROWS:
             kept[-in_block:] = [pd.concat(kept[-in_block:], ignore_index=True)]
             in_block = 0
-        page += 1
     pulled = pd.concat(kept, ignore_index=True) if kept else working_table()
     in_order = {reason: skipped[reason] for reason in SKIP_REASONS if reason in skipped}
-    return _without_repeats(pulled, in_order, pages=page - 1)
+    result = _without_repeats(pulled, in_order, pages=page - 1 - EMPTY_PAGES_AT_END)
+    result.problems = problems
+    return result
 
 
 def pull_misp_attributes(settings: MispSettings, query: AttributeQuery,
@@ -204,23 +219,50 @@ def pull_misp_attributes(settings: MispSettings, query: AttributeQuery,
 
 
 def _page_frame(client: MispClient, filters: dict[str, Any], page: int, page_size: int,
-                on_page: Callable[[int, int], None] | None) -> pd.DataFrame | None:
+                on_page: Callable[[int, int], None] | None,
+                problems: list[ParseProblem]) -> pd.DataFrame | None:
     """One page as a working table (None: the empty page that ends the pull); its parsed
-    JSON lives only in here."""
+    JSON lives only in here. A malformed record becomes one problem in `problems` and the
+    rest of the page is read; a page without a single usable record is not an attribute
+    list at all (a proxy's or another endpoint's answer), and fails the pull."""
     records = client.search_attributes(filters, page, page_size)
     if on_page is not None:
         on_page(page, len(records))
     if not records:
         return None
+    found: list[ParseProblem] = []
+
+    def refused(position: int, record: Any, why: MalformedAttribute) -> None:
+        found.append(ParseProblem.make(record_name(f"restSearch page {page}", position,
+                                                    record), str(why), record_excerpt(record)))
 
     def pairs() -> Iterator[tuple[Any, Any]]:
         for attribute in records:
             yield attribute, attribute.get("Event") if isinstance(attribute, dict) else None
-    try:
-        return attribute_table(pairs())
-    except MalformedAttribute as exc:
+    frame = attribute_table(pairs(), on_malformed=refused)
+    if len(found) == len(records):
         raise UnexpectedAnswerError(f"MISP answered page {page} with a malformed "
-                                    f"attribute: {exc}") from None
+                                    f"attribute: {found[0].reason}")
+    problems += found
+    return frame
+
+
+def record_name(where: str, position: int, record: Any) -> str:
+    """How a report names a record: its attribute UUID when it has a readable one, else
+    where it was (and MISP's id, if any)."""
+    uuid = record.get("uuid") if isinstance(record, dict) else None
+    if _is_ascii(uuid) and uuid:
+        return f"MISP attribute {uuid[:64]}"
+    number = record.get("id") if isinstance(record, dict) else None
+    known = f" (id {str(number)[:20]})" if isinstance(number, str | int) else ""
+    return f"MISP {where} record {position}{known}"
+
+
+def record_excerpt(record: Any) -> str:
+    """The start of a record's value for the report; never more than that is copied."""
+    value = record.get("value") if isinstance(record, dict) else record
+    text = value[:120] if isinstance(value, str) else repr(value)[:120]
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 @contextmanager
@@ -243,19 +285,38 @@ def working_table() -> pd.DataFrame:
     return empty_table(_WORKING_COLUMNS)
 
 
-def attribute_table(pairs: Iterable[tuple[Any, Any]]) -> pd.DataFrame:
+def attribute_table(
+    pairs: Iterable[tuple[Any, Any]],
+    on_malformed: Callable[[int, Any, MalformedAttribute], None] | None = None,
+) -> pd.DataFrame:
     """(attribute, its event) JSON pairs -> one row each: PULLED_ATTRIBUTE_COLUMNS plus the
     EVENT_COLUMNS the local filters need. Each pair is checked as it comes (so a caller
     reading a stream can tell where a bad one was), then up to CHUNK_ROWS of them are
-    converted column by column and let go: memory follows the rows, not the JSON."""
+    converted column by column and let go: memory follows the rows, not the JSON.
+
+    A malformed pair raises MalformedAttribute; with `on_malformed`, it is handed to it
+    (1-based position in the stream, the record, what is wrong) and left out instead."""
     frames: list[pd.DataFrame] = []
     attributes: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for position, (attribute, event) in enumerate(pairs, start=1):
-        if not (isinstance(attribute, dict) and isinstance(attribute.get("uuid"), str)
-                and isinstance(attribute.get("type"), str) and isinstance(event, dict)
-                and isinstance(event.get("uuid"), str)):
-            raise _malformed(position, attribute, event)
+        # ASCII fast paths inline, the full checks only for the rest: this runs once per
+        # attribute of a million-row pull
+        if not (isinstance(attribute, dict) and isinstance(event, dict)
+                and type(uuid := attribute.get("uuid")) is str and uuid.isascii()
+                and type(event_uuid := event.get("uuid")) is str and event_uuid.isascii()
+                and ((type(kind := attribute.get("type")) is str and kind.isascii())
+                     or _is_text(kind))
+                and ((type(value := attribute.get("value")) is str and value.isascii()
+                      and len(value) <= MAX_VALUE_CHARS) or _usable_value(value))
+                and ((to_ids := attribute.get("to_ids")) is True or _is_flag(to_ids))
+                and ((deleted := attribute.get("deleted", False)) is False
+                     or _is_flag(deleted))):
+            problem = _malformed(position, attribute, event)
+            if on_malformed is None:
+                raise problem
+            on_malformed(position, attribute, problem)
+            continue
         attributes.append(attribute)
         events.append(event)
         if len(attributes) == CHUNK_ROWS:
@@ -268,6 +329,41 @@ def attribute_table(pairs: Iterable[tuple[Any, Any]]) -> pd.DataFrame:
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
+def _is_ascii(value: Any) -> bool:
+    return type(value) is str and value.isascii()
+
+
+def _is_text(value: Any) -> bool:
+    """A str that has a UTF-8 form. JSON may carry a lone surrogate (`"\\ud800"`) and
+    Python's json reads it, but arrow refuses a whole column for one such string."""
+    if type(value) is not str:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_flag(value: Any) -> bool:
+    """A flag in any form MISP writes (or none given). An unreadable one must not count as
+    "not IDS": an incremental update would remove the attribute's rules for it."""
+    if value is True or value is False or value is None:
+        return True
+    return type(value) in (str, int) and str(value).strip().lower() in _FLAGS
+
+
+def _usable_value(value: Any) -> bool:
+    """Text of a sane length, a number, or nothing. Text holding U+FFFD is how bytes that
+    were not UTF-8 arrive once decoded with replacement (a feed file): the value MISP holds
+    is not the one read, and a rule for it would match neither."""
+    if type(value) is str:
+        return len(value) <= MAX_VALUE_CHARS and "\ufffd" not in value and _is_text(value)
+    return value is None or type(value) in (int, float)
+
+
 def _malformed(position: int, attribute: Any, event: Any) -> MalformedAttribute:
     """What is wrong with a record that failed the check in `attribute_table`."""
     if not isinstance(attribute, dict):
@@ -275,7 +371,29 @@ def _malformed(position: int, attribute: Any, event: Any) -> MalformedAttribute:
     for key in ("uuid", "type"):
         if not isinstance(attribute.get(key), str):
             return MalformedAttribute(f"record {position} has no {key}")
-    return MalformedAttribute(f"attribute {attribute['uuid']} has no event uuid")
+    if not _is_ascii(attribute["uuid"]):
+        return MalformedAttribute(f"record {position} has a uuid that is not a UUID")
+    uuid = attribute["uuid"][:64]
+    if not _is_text(attribute["type"]):
+        return MalformedAttribute(f"attribute {uuid} has a type that is not valid Unicode")
+    if not (isinstance(event, dict) and _is_ascii(event.get("uuid"))):
+        return MalformedAttribute(f"attribute {uuid} has no event uuid")
+    for flag in ("to_ids", "deleted"):
+        if not _is_flag(attribute.get(flag)):
+            return MalformedAttribute(f"attribute {uuid} has {flag} "
+                                      f"{repr(attribute.get(flag))[:20]}, not a flag")
+    value = attribute.get("value")
+    if type(value) is not str:
+        return MalformedAttribute(f"attribute {uuid} has a {type(value).__name__} value, "
+                                  "not text")
+    if len(value) > MAX_VALUE_CHARS:
+        return MalformedAttribute(f"attribute {uuid} has a value of {len(value)} characters, "
+                                  f"over the {MAX_VALUE_CHARS} any indicator needs")
+    if "\ufffd" in value:
+        return MalformedAttribute(f"attribute {uuid} has a value that was not valid UTF-8 "
+                                  "(it holds U+FFFD)")
+    return MalformedAttribute(f"attribute {uuid} has a value that is not valid Unicode "
+                              "(a lone surrogate)")
 
 
 def _chunk_table(attributes: list[dict[str, Any]], events: list[dict[str, Any]]) -> pd.DataFrame:
@@ -360,7 +478,14 @@ def _truthy(value: Any) -> bool:
 
 
 def _strings(values: list[Any]) -> pd.api.extensions.ExtensionArray:
-    return pd.array(values, dtype="string")
+    """Free text (event info, tags, category) may hold a lone surrogate: arrow refuses the
+    column, so only then is each text remade with `?` in its place."""
+    try:
+        return pd.array(values, dtype="string")
+    except UnicodeEncodeError:
+        return pd.array([value.encode("utf-8", "replace").decode("utf-8")
+                         if isinstance(value, str) else value for value in values],
+                        dtype="string")
 
 
 def _flags(values: list[Any]) -> pd.api.extensions.ExtensionArray:

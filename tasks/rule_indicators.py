@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from misp_ndr.task_policy import batch_task
 from tasks.detections import ParseProblem
+from tasks.flowmon_blacklists import LINE_UNSAFE
 from tasks.indicators import non_global_names, normalize_dns_names
 from tasks.ip_addresses import non_global_mask, parse_addresses
 
@@ -259,7 +260,9 @@ def _judge_urls(kind: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     reason = _first_failure(len(raw), (
         (failed(pc.greater(pc.utf8_length(text), MAX_URL_CHARS)),
          f"is longer than {MAX_URL_CHARS} characters"),
-        (failed(pc.match_substring_regex(text, r"[\x00-\x20\x7f]")),
+        # every character a sensor file would read as a break or a field end (C1 controls,
+        # U+2028, no-break and ideographic spaces, ...): a URL on the wire has them escaped
+        (failed(pc.match_substring_regex(text, LINE_UNSAFE)),
          "contains whitespace or a control character"),
         (failed(pc.invert(pc.match_substring_regex(text, _URL_HOST))), "has no host"),
     ))

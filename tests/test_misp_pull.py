@@ -158,8 +158,8 @@ def test_paging_stops_only_at_an_empty_page(rsps: responses.RequestsMock) -> Non
     result = pull_attributes(client(), full_query(), page_size=3,
                              on_page=lambda number, count: progress.append((number, count)),
                              now=NOW)
-    assert search.pages_asked == [1, 2, 3, 4]
-    assert progress == [(1, 3), (2, 1), (3, 3), (4, 0)]
+    assert search.pages_asked == [1, 2, 3, 4, 5]
+    assert progress == [(1, 3), (2, 1), (3, 3), (4, 0), (5, 0)]
     assert result.pages == 3
     assert len(result.attributes) == 7
     assert result.by_type == {"ip-dst": 7}
@@ -193,7 +193,7 @@ def test_empty_result_in_either_misp_shape_is_empty(rsps: responses.RequestsMock
     (json_answer({"message": "Forbidden"}, 403), AuthError),
     (json_answer({"name": "Invalid filter", "message": "Invalid filter"}, 400), RejectedError),
     ((503, {}, "Service Unavailable"), TransientError),
-    ((200, {"Content-Type": "text/html"}, "<html>login</html>"), UnexpectedAnswerError),
+    ((200, {"Content-Type": "text/html"}, "<html>login</html>"), TransientError),
     (json_answer({"response": {"Event": []}}), UnexpectedAnswerError),
     (json_answer({"response": {"Attribute": [{"value": "x"}]}}), UnexpectedAnswerError),
 ])
@@ -271,7 +271,8 @@ def test_pull_from_settings_logs_each_page(rsps: responses.RequestsMock,
         result = pull_misp_attributes(settings, full_query(max_event_age_days=3650), 2)
     assert len(result.attributes) == 2
     assert [record.getMessage() for record in caplog.records] == [
-        "MISP attribute search page 1: 2 attributes", "MISP attribute search page 2: 0 attributes"]
+        "MISP attribute search page 1: 2 attributes", "MISP attribute search page 2: 0 attributes",
+        "MISP attribute search page 3: 0 attributes"]
 
 
 class HandedPages:
@@ -301,14 +302,14 @@ def test_each_page_is_let_go_before_the_next_is_asked_for() -> None:
     client = HandedPages([attribute(1), attribute(2)], [attribute(3)])
     result = pull_attributes(client, full_query(), page_size=2, now=NOW)  # type: ignore[arg-type]
     assert len(result.attributes) == 3
-    assert client.alive_at_request == [[], [False], [False, False]]
+    assert client.alive_at_request == [[], [False], [False, False], [False, False, False]]
 
 
 def test_the_collector_pauses_while_a_page_is_read_and_is_left_as_it_was() -> None:
     assert gc.isenabled()
     client = HandedPages([attribute(1)])
     pull_attributes(client, full_query(), page_size=1, now=NOW)  # type: ignore[arg-type]
-    assert client.collector_on == [False, False]
+    assert client.collector_on == [False, False, False]
     assert gc.isenabled()
     gc.disable()
     try:
