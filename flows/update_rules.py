@@ -20,7 +20,11 @@ from tasks.rule_indicators import normalize_rule_indicators_task
 from tasks.rule_update_plan import advance_rule_watermark_task, plan_rule_update_task
 from tasks.rules_report import RulesReport, publish_rules_report_task, summarize_rule_update
 from tasks.ruleset_build import build_ruleset_task
-from tasks.ruleset_files import EmptyRulesetRefused, publish_ruleset_task
+from tasks.ruleset_files import (
+    EmptyRulesetRefused,
+    publish_ruleset_task,
+    recover_interrupted_task,
+)
 from tasks.sensor_reload import run_reload_command_task
 
 
@@ -60,6 +64,8 @@ def update_rules(
     })
     rules = settings.rules
     store = settings.state_dir / STORE_FILE
+    if rules.output_dir.exists():  # sensors must not read a cut-short publish a run longer
+        recover_interrupted_task(rules.output_dir)
     current = load_indicator_store_task(store)
     plan = plan_rule_update_task(settings, feed or "misp", current is not None, fast, since,
                                  until)
@@ -83,8 +89,8 @@ def update_rules(
     save_indicator_store_task(store, merged.indicators)
     advance_rule_watermark_task(settings, plan)
     reload = run_reload_command_task(rules.reload_command) if rules.reload_command else None
+    problems = [*pulled.problems, *rejected, *build.problems]  # unreadable records first
     report = summarize_rule_update(feed or str(settings.misp.url), plan, pulled, counts,
-                                   [*rejected, *build.problems], merged, build, published,
-                                   reload)
+                                   problems, merged, build, published, reload)
     publish_rules_report_task(report)
     return report

@@ -12,6 +12,18 @@ SHARED_FILE_MODE = 0o644  # mkstemp makes 0600: a web server or sensor must read
 
 def write_atomically(path: Path, data: bytes, mode: int = SHARED_FILE_MODE) -> None:
     """Temp file in the same directory, fsync, chmod, rename, fsync of the directory."""
+    temp = stage_file(path, data, mode)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def stage_file(path: Path, data: bytes, mode: int = SHARED_FILE_MODE) -> Path:
+    """`data` on disk, fsynced, under a hidden temporary name beside `path`: the first half
+    of an atomic replace, for callers that switch several files together."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -20,15 +32,14 @@ def write_atomically(path: Path, data: bytes, mode: int = SHARED_FILE_MODE) -> N
             temp.flush()
             os.fsync(temp.fileno())
         os.chmod(temp_name, mode)
-        os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    _sync_directory(path.parent)
+    return Path(temp_name)
 
 
-def _sync_directory(directory: Path) -> None:
-    """The rename itself survives a power cut only once the directory entry is on disk."""
+def sync_directory(directory: Path) -> None:
+    """A rename itself survives a power cut only once the directory entry is on disk."""
     handle = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(handle)

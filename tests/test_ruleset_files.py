@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from misp_ndr.errors import InputError
-from tasks.ruleset_files import current_files, publish_ruleset, rollback, snapshots
+from tasks import ruleset_files
+from tasks.ruleset_files import (
+    JOURNAL,
+    current_files,
+    publish_ruleset,
+    recover_interrupted,
+    rollback,
+    snapshots,
+)
 
 T0 = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
 
@@ -58,3 +68,91 @@ def test_rollback_without_history_or_to_unknown_label_is_explained(tmp_path: Pat
     publish(tmp_path, 1, {"misp.rules": b"b\n"})
     with pytest.raises(InputError, match="kept: "):
         rollback(tmp_path, "19990101T000000000000Z")
+
+
+class Crash(BaseException):
+    """The process dying: nothing after it runs, no handler cleans up."""
+
+
+def crash_after_renames(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    real = os.replace
+    done = []
+
+    def replace(source: Any, target: Any) -> None:
+        if len(done) == count:
+            raise Crash
+        done.append(target)
+        real(source, target)
+
+    monkeypatch.setattr(ruleset_files.os, "replace", replace)
+
+
+def files_of(out: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+
+
+GOOD = {"misp.rules": b"good\n", "misp-ip.txt": b"1.1.1.1\n", "misp-md5.list": b"h\n"}
+NEW = {"misp.rules": b"new\n", "misp-ip.txt": b"2.2.2.2\n", "misp-domain.txt": b"d.example\n"}
+
+
+def test_a_publish_cut_between_renames_is_undone_whole_by_the_next_one_to_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish(tmp_path, 0, GOOD)
+    good = files_of(tmp_path)
+    with monkeypatch.context() as patch:
+        crash_after_renames(patch, 2)  # two new lists in place, the rules and manifest not
+        with pytest.raises(Crash):
+            publish(tmp_path, 1, NEW)
+    assert (tmp_path / JOURNAL).exists() and files_of(tmp_path) != good
+    assert recover_interrupted(tmp_path) == snapshots(tmp_path)[0]
+    assert files_of(tmp_path) == good
+    assert sorted(path.name for path in tmp_path.glob(".*")) == [".history"]
+
+
+def test_after_a_cut_publish_the_next_one_keeps_the_good_ruleset_for_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish(tmp_path, 0, GOOD)
+    good = files_of(tmp_path)
+    with monkeypatch.context() as patch:
+        crash_after_renames(patch, 1)
+        with pytest.raises(Crash):
+            publish(tmp_path, 1, NEW)
+    publish(tmp_path, 2, NEW)
+    assert {n: files_of(tmp_path)[n] for n in NEW} == NEW
+    rollback(tmp_path)
+    assert files_of(tmp_path) == good
+
+
+def test_a_first_publish_cut_short_leaves_no_ruleset_rather_than_part_of_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with monkeypatch.context() as patch:
+        crash_after_renames(patch, 1)
+        with pytest.raises(Crash):
+            publish(tmp_path, 0, NEW)
+    assert recover_interrupted(tmp_path) is None
+    assert files_of(tmp_path) == {}
+
+
+def test_a_rollback_cut_short_is_finished_by_the_next_one_to_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish(tmp_path, 0, GOOD)
+    good = files_of(tmp_path)
+    publish(tmp_path, 1, NEW)
+    with monkeypatch.context() as patch:
+        crash_after_renames(patch, 1)
+        with pytest.raises(Crash):
+            rollback(tmp_path)
+    recover_interrupted(tmp_path)
+    assert files_of(tmp_path) == good
+
+
+def test_files_staged_by_a_run_killed_before_its_journal_are_removed(tmp_path: Path) -> None:
+    publish(tmp_path, 0, GOOD)
+    good = files_of(tmp_path)
+    (tmp_path / ".misp.rules.abc123.tmp").write_bytes(b"half")
+    assert recover_interrupted(tmp_path) is None
+    assert files_of(tmp_path) == good
