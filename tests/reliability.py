@@ -94,12 +94,28 @@ def render(rows: Iterable[Outcome]) -> str:
         "should not be there at all. A row exists only if its test passed, and a test",
         "passes only with all three counts at zero.",
         "",
+        "| job | faults and inputs tried | items checked | lost | duplicated | injected |",
+        "|---|---|---|---|---|---|",
+        *_summary_rows(ordered),
+        "",
         "| job | fault or hostile input | checked | lost | duplicated | injected | test |",
         "|---|---|---|---|---|---|---|",
         *(outcome.row() for outcome in ordered),
         "",
     ]
     return "\n".join(lines)
+
+
+def _summary_rows(ordered: list[Outcome]) -> list[str]:
+    """One line per job: how much was tried, and the sums a reader checks first."""
+    rows = []
+    for job in JOB_ORDER:
+        mine = [outcome for outcome in ordered if outcome.job == job]
+        if mine:
+            sums = [sum(getattr(o, name) for o in mine)
+                    for name in ("checked", "lost", "duplicated", "injected")]
+            rows.append(f"| {job} | {len(mine)} | " + " | ".join(map(str, sums)) + " |")
+    return rows
 
 
 def whole_suite_ran(session: pytest.Session) -> bool:

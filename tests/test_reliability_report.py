@@ -32,10 +32,14 @@ def test_a_check_needs_expectations_and_a_known_job() -> None:
         recorder.record("exports", "HTTP 503", checked=1)
 
 
-def test_the_table_is_ordered_by_job_and_escapes_pipes() -> None:
+def test_the_table_sums_each_job_then_lists_rows_by_job_with_pipes_escaped() -> None:
     rows = [Outcome("sightings", "b", 1, 0, 0, 0, "t::b"),
-            Outcome("export", "a | b", 2, 0, 0, 0, "t::a")]
+            Outcome("export", "a | b", 2, 0, 0, 0, "t::a"),
+            Outcome("export", "c", 3, 0, 0, 1, "t::c")]
     table = render(rows).splitlines()
-    body = [line for line in table if line.startswith("| export") or line.startswith("| sig")]
-    assert body == ["| export | a \\| b | 2 | 0 | 0 | 0 | `t::a` |",
+    body = [line for line in table if line.startswith(("| export", "| sightings"))]
+    assert body == ["| export | 2 | 5 | 0 | 0 | 1 |",
+                    "| sightings | 1 | 1 | 0 | 0 | 0 |",
+                    "| export | a \\| b | 2 | 0 | 0 | 0 | `t::a` |",
+                    "| export | c | 3 | 0 | 0 | 1 | `t::c` |",
                     "| sightings | b | 1 | 0 | 0 | 0 | `t::b` |"]
