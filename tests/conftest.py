@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -32,6 +34,18 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def retry_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """urllib3's retry sleeps (Retry-After, backoff), recorded instead of slept: its own
+    module's `time` only, so nothing else stops sleeping."""
+    import urllib3.util.retry
+
+    slept: list[float] = []
+    monkeypatch.setattr(urllib3.util.retry, "time", SimpleNamespace(sleep=slept.append,
+                                                                    time=time.time))
+    return slept
 
 
 @pytest.fixture

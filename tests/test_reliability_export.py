@@ -18,15 +18,12 @@ layer got past its fault: the request retry (one run) or the job's next run (two
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Hashable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import responses
-import urllib3.util.retry
 from typer.testing import CliRunner
 
 import flows.export
@@ -226,15 +223,6 @@ def served(monkeypatch: pytest.MonkeyPatch, schedule: FaultSchedule) -> Iterator
         point_settings_at_stand_in(monkeypatch, retries=1, url=stand_in.url)
         monkeypatch.setenv("MISP_NDR_MISP__TIMEOUT", CLIENT_TIMEOUT)
         yield stand_in
-
-
-@pytest.fixture
-def retry_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """urllib3's retry sleeps (Retry-After, backoff), recorded instead of slept."""
-    slept: list[float] = []
-    monkeypatch.setattr(urllib3.util.retry, "time", SimpleNamespace(sleep=slept.append,
-                                                                    time=time.time))
-    return slept
 
 
 @pytest.mark.parametrize(("fault", "point"), LOOPBACK_CASES,

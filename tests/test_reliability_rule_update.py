@@ -27,17 +27,14 @@ import os
 import re
 import shutil
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import urllib3.util.retry
 
 import flows.update_rules as flow_module
 from flows.update_rules import update_rules
@@ -251,15 +248,6 @@ class FaultyServer(LoopbackRouter):
 
 def page_answer(attributes: list[Any]) -> str:
     return json.dumps({"response": {"Attribute": attributes}})
-
-
-@pytest.fixture
-def retry_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """urllib3's retry sleeps, recorded instead of slept (its own module's `time` only)."""
-    slept: list[float] = []
-    fake = SimpleNamespace(sleep=slept.append, time=time.time)
-    monkeypatch.setattr(urllib3.util.retry, "time", fake)
-    return slept
 
 
 def configure(patcher: pytest.MonkeyPatch, misp_url: str | None) -> None:

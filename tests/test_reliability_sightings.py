@@ -19,16 +19,13 @@ run directly; over loopback HTTP the transport faults meet urllib3 for real.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Hashable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import responses
-import urllib3.util.retry
 from typer.testing import CliRunner
 
 import flows.sightings
@@ -229,15 +226,6 @@ def served(monkeypatch: pytest.MonkeyPatch, schedule: FaultSchedule) -> Iterator
         monkeypatch.setenv("MISP_NDR_MISP__TIMEOUT", CLIENT_TIMEOUT)
         publish_sample_feed(stand_in)
         yield stand_in
-
-
-@pytest.fixture
-def retry_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """urllib3's retry sleeps (Retry-After, backoff), recorded instead of slept."""
-    slept: list[float] = []
-    monkeypatch.setattr(urllib3.util.retry, "time", SimpleNamespace(sleep=slept.append,
-                                                                    time=time.time))
-    return slept
 
 
 @pytest.mark.parametrize(("fault", "point"), LOOPBACK_CASES,
