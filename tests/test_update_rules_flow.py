@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,8 @@ from suricataparser import parse_rule
 
 from flows.update_rules import update_rules
 from misp_ndr.errors import TransientError
-from tasks.ruleset_files import snapshots
+from tasks import ruleset_files
+from tasks.ruleset_files import publish_ruleset, snapshots
 from tests.conftest import SAMPLES
 from tests.misp_stand_in import API_KEY, URL, MispStandIn
 
@@ -93,6 +95,36 @@ def test_unreadable_feed_fails_and_keeps_the_good_ruleset(tmp_path: Path) -> Non
     with pytest.raises(Exception, match="nowhere"):
         update_rules(feed=str(tmp_path / "nowhere"), output_dir=str(tmp_path / "rules"))
     assert (tmp_path / "rules" / "misp.rules").read_bytes() == before
+
+
+def test_a_publish_cut_short_is_undone_first_even_when_the_next_update_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kill among the renames of a publish leaves two rulesets mixed; the next update
+    puts the good one back before it even pulls, so sensors never wait on a long run."""
+    run(tmp_path)
+    out = tmp_path / "rules"
+    good = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+
+    class Killed(BaseException):
+        pass
+
+    real_replace, renamed = os.replace, []
+
+    def replace(source: object, target: object) -> None:
+        if len(renamed) == 2:
+            raise Killed
+        renamed.append(target)
+        real_replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ruleset_files.os, "replace", replace)
+        with pytest.raises(Killed):
+            publish_ruleset(out, {"misp.rules": b"new\n", "misp-ip.txt": b"192.0.2.1\n",
+                                  "misp-domain.txt": b"x.example\n"}, keep=5)
+    with pytest.raises(Exception, match="nowhere"):
+        update_rules(feed=str(tmp_path / "nowhere"), output_dir=str(out))
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == good
 
 
 def test_incremental_update_from_misp_adds_new_and_removes_deleted_indicators(
