@@ -9,8 +9,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import responses
 
 from tests import reliability as reliability_report
+from tests.fault_injection import FaultSchedule
+from tests.misp_stand_in import MispStandIn, point_settings_at_stand_in, served_stand_in
 
 SAMPLES = Path(__file__).resolve().parent.parent / "misp_ndr" / "samples"
 
@@ -34,6 +37,31 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def schedule() -> FaultSchedule:
+    """The faults the `misp` / `served` stand-ins play (empty: a healthy MISP)."""
+    return FaultSchedule()
+
+
+@pytest.fixture
+def misp(monkeypatch: pytest.MonkeyPatch, schedule: FaultSchedule) -> Iterator[MispStandIn]:
+    """A stateful MISP behind `responses` playing `schedule`; settings point at it with one
+    quick per-request retry. Modules override it to add their data (or their own MISP)."""
+    point_settings_at_stand_in(monkeypatch, retries=1)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield MispStandIn(rsps, faults=schedule)
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch, schedule: FaultSchedule) -> Iterator[MispStandIn]:
+    """The same MISP over real HTTP on loopback, where timeouts, resets and cut bodies
+    happen on the wire (urllib3's retries see them); clients wait 0.5 s for an answer."""
+    with served_stand_in(schedule) as stand_in:
+        point_settings_at_stand_in(monkeypatch, retries=1, url=stand_in.url)
+        monkeypatch.setenv("MISP_NDR_MISP__TIMEOUT", "0.5")
+        yield stand_in
 
 
 @pytest.fixture

@@ -18,12 +18,11 @@ layer got past its fault: the request retry (one run) or the job's next run (two
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import responses
 from typer.testing import CliRunner
 
 import flows.export
@@ -48,13 +47,12 @@ from tests.fault_injection import (
     absorbed_by_request_retry,
     rerun_until_success,
 )
-from tests.misp_stand_in import MispStandIn, point_settings_at_stand_in, served_stand_in
+from tests.misp_stand_in import MispStandIn
 from tests.reliability import Recorder
 
 EVENTS = 10
 TAG = "soc:ndr"
 METHODS = ("SCANS", "DOS", "BLACKLIST")  # with TAG: four tags to look up and create
-CLIENT_TIMEOUT = "0.5"  # seconds; loopback answers in microseconds
 POINTS: dict[str, tuple[str, int]] = {  # where in a run: (endpoint, n-th request)
     "PyMISP's first request": ("servers/getVersion", 1),
     "a sending thread's first request": ("servers/getVersion", 3),  # 1, 2: the tag client's
@@ -188,18 +186,6 @@ def check_case(misp: MispStandIn, schedule: FaultSchedule, drafts: list[EventDra
 # --- the matrix behind `responses` ----------------------------------------------------------
 
 
-@pytest.fixture
-def schedule() -> FaultSchedule:
-    return FaultSchedule()
-
-
-@pytest.fixture
-def misp(monkeypatch: pytest.MonkeyPatch, schedule: FaultSchedule) -> Iterator[MispStandIn]:
-    point_settings_at_stand_in(monkeypatch, retries=1)
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield MispStandIn(rsps, faults=schedule)
-
-
 @pytest.mark.parametrize(("fault", "point"), RESPONSES_CASES,
                          ids=[case_id(*case) for case in RESPONSES_CASES])
 def test_one_fault_loses_and_repeats_nothing(
@@ -215,14 +201,6 @@ def test_one_fault_loses_and_repeats_nothing(
 
 
 # --- transport faults over real HTTP ----------------------------------------------------------
-
-
-@pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch, schedule: FaultSchedule) -> Iterator[MispStandIn]:
-    with served_stand_in(schedule) as stand_in:
-        point_settings_at_stand_in(monkeypatch, retries=1, url=stand_in.url)
-        monkeypatch.setenv("MISP_NDR_MISP__TIMEOUT", CLIENT_TIMEOUT)
-        yield stand_in
 
 
 @pytest.mark.parametrize(("fault", "point"), LOOPBACK_CASES,

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import responses
 from typer.testing import CliRunner
 
 import flows.sightings
@@ -47,7 +46,7 @@ from tests.fault_injection import (
     absorbed_by_request_retry,
     rerun_until_success,
 )
-from tests.misp_stand_in import MispStandIn, point_settings_at_stand_in, served_stand_in
+from tests.misp_stand_in import MispStandIn
 from tests.reliability import Recorder
 
 BY_UUID = {  # IDS attributes of the bundled MISP feed, sighted by UUID
@@ -62,7 +61,6 @@ BY_VALUE = {  # sighted by value: the only IDS attribute holding it
 SENSORS = ("suricata/edge-ids-1", "suricata/branch-ids-2")
 HOURS = ("2026-11-20T08", "2026-11-20T09")
 SIGHTINGS = len(BY_UUID) * len(SENSORS) * len(HOURS) + len(BY_VALUE) * len(HOURS)
-CLIENT_TIMEOUT = "0.5"
 POINTS: dict[str, tuple[str, int]] = {
     "the run's first request": ("servers/getVersion", 1),  # a sending thread's
     "the first sighting": ("sightings/add", 1),
@@ -194,17 +192,9 @@ def play_case(misp: MispStandIn, schedule: FaultSchedule, reliability: Recorder,
 
 
 @pytest.fixture
-def schedule() -> FaultSchedule:
-    return FaultSchedule()
-
-
-@pytest.fixture
-def misp(monkeypatch: pytest.MonkeyPatch, schedule: FaultSchedule) -> Iterator[MispStandIn]:
-    point_settings_at_stand_in(monkeypatch, retries=1)
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        stand_in = MispStandIn(rsps, faults=schedule)
-        publish_sample_feed(stand_in)
-        yield stand_in
+def misp(misp: MispStandIn) -> MispStandIn:
+    publish_sample_feed(misp)
+    return misp
 
 
 @pytest.mark.parametrize(("fault", "point"), RESPONSES_CASES,
@@ -220,12 +210,9 @@ def test_one_fault_loses_and_repeats_no_sighting(
 
 
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch, schedule: FaultSchedule) -> Iterator[MispStandIn]:
-    with served_stand_in(schedule) as stand_in:
-        point_settings_at_stand_in(monkeypatch, retries=1, url=stand_in.url)
-        monkeypatch.setenv("MISP_NDR_MISP__TIMEOUT", CLIENT_TIMEOUT)
-        publish_sample_feed(stand_in)
-        yield stand_in
+def served(served: MispStandIn) -> MispStandIn:
+    publish_sample_feed(served)
+    return served
 
 
 @pytest.mark.parametrize(("fault", "point"), LOOPBACK_CASES,
