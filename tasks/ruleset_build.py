@@ -27,7 +27,7 @@ from tasks.flowmon_blacklists import render_flowmon_blacklists
 from tasks.rule_customizations import Customizations, apply_customizations
 from tasks.rule_indicators import FILE_HASH_KINDS, expand_rule_variants
 from tasks.rule_sids import SID_MAP_COLUMNS, SidAllocator, read_sid_map, write_sid_map
-from tasks.suricata_rules import check_rules_file, render_list_rules, render_rule_lines, rules_file
+from tasks.suricata_rules import checked_rules_file, render_list_rules, render_rule_lines
 from tasks.zeek_intel import render_zeek_intel, zeek_intel_refused
 
 RULES_FILE = "misp.rules"
@@ -80,12 +80,13 @@ def build_suricata(
     header = (f"# misp-ndr ruleset, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: "
               f"{len(lines)} rules from MISP. Generated: edit {settings.customizations_file}, "
               "not this file.")
-    content = rules_file(lines, header)
-    invalid = check_rules_file(content)
-    if invalid:
-        raise RulesetInvalid("generated rules failed validation, the previous ruleset is "
-                             f"kept: {'; '.join(invalid[:5])}")
-    files |= {RULES_FILE: content, SID_MAP_FILE: write_sid_map(lines)}
+    with ThreadPoolExecutor(max_workers=1) as pool:  # both are mostly arrow kernels
+        sid_map = pool.submit(write_sid_map, lines)
+        content, invalid = checked_rules_file(lines, header)
+        if invalid:
+            raise RulesetInvalid("generated rules failed validation, the previous ruleset "
+                                 f"is kept: {'; '.join(invalid[:5])}")
+        files |= {RULES_FILE: content, SID_MAP_FILE: sid_map.result()}
     return RulesetBuild(files, lines, problems, counts, listed)
 
 
@@ -95,17 +96,18 @@ def build_ruleset(
 ) -> RulesetBuild:
     """`customizations` None: a fast rebuild, without them.
 
-    The Flowmon and Zeek files are rendered in a second thread while the Suricata rules
-    are: both are mostly arrow kernels, which run without the GIL."""
+    The Flowmon and Zeek files are rendered, and the previous sid map read, in a second
+    thread while the Suricata rules are: all mostly arrow kernels, which run without the
+    GIL."""
     build = RulesetBuild({}, pd.DataFrame())
+    previous_map = settings.output_dir / SID_MAP_FILE
     with ThreadPoolExecutor(max_workers=1) as pool:
         others = pool.submit(_other_sensor_files, indicators, settings, misp_url)
         if settings.suricata:
+            previous = pool.submit(previous_rules, previous_map)
             allocator = SidAllocator(sid_db, settings.sid_range_start, settings.sid_range_end)
             build = build_suricata(indicators, settings, allocator, customizations)
-            previous_map = settings.output_dir / SID_MAP_FILE
-            previous = previous_rules(previous_map) if previous_map.exists() else None
-            build.rule_changes = diff_rules(previous, build.lines)
+            build.rule_changes = diff_rules(previous.result(), build.lines)
         files, refused = others.result()
     build.files |= files
     build.problems += refused
@@ -128,11 +130,13 @@ def _other_sensor_files(
     return files, refused
 
 
-def previous_rules(path: Path) -> pd.DataFrame:
-    """`sid` and `rev` of the previous sid map, for `diff_rules`. Read by arrow's
+def previous_rules(path: Path) -> pd.DataFrame | None:
+    """`sid` and `rev` of the previous sid map, for `diff_rules` (None: no map yet). Read by arrow's
     multithreaded CSV reader (the map has a line per rule, a pandas parse of every column
     took most of a second per million); any file it does not read cleanly, or whose sid /
     rev are not whole numbers, goes through `read_sid_map`, which accepts or refuses it."""
+    if not path.exists():
+        return None
     try:
         data = path.read_bytes()
         if not data.startswith(_SID_MAP_HEADER):

@@ -482,9 +482,13 @@ def _rule_text(rules: pd.DataFrame, header: pa.Array, options: pa.Array,
         "; metadata:misp_event_uuid ", pc.utf8_lower(_strings(rules["event_uuid"])),
         ", misp_attribute_uuid ", pc.utf8_lower(_strings(rules["attribute_uuid"])),
         tags, ";)")
-    blocks = [_concat(*(piece if isinstance(piece, str) else piece.slice(start, _TEXT_BLOCK_ROWS)
-                        for piece in pieces))
-              for start in range(0, len(rules), _TEXT_BLOCK_ROWS)]
+
+    def block(start: int) -> pa.Array:
+        return _concat(*(piece if isinstance(piece, str) else piece.slice(start, _TEXT_BLOCK_ROWS)
+                         for piece in pieces))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the join runs without the GIL
+        blocks = list(pool.map(block, range(0, len(rules), _TEXT_BLOCK_ROWS)))
     return pa.chunked_array(blocks, pa.string())
 
 
@@ -714,6 +718,25 @@ def render_list_rules(
 
 def rules_file(lines: pd.DataFrame, header: str) -> bytes:
     """The rules file: `header` as `# ` comment lines, then one rule per line by sid."""
+    prefix, rules = _file_parts(lines, header)
+    return _joined_lines(rules, prefix)
+
+
+def checked_rules_file(lines: pd.DataFrame, header: str) -> tuple[bytes, list[str]]:
+    """`rules_file` and what `check_rules_file` finds in it, found on the lines the file is
+    joined from (while a second thread joins them) instead of on the file split again, a
+    copy of hundreds of MB. The same lines: the header is comment lines, which the check
+    passes over, and each rule is joined with one newline (a rule holding a newline would
+    be reported as holding a control character)."""
+    prefix, rules = _file_parts(lines, header)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        content = pool.submit(_joined_lines, rules, prefix)
+        problems = _line_problems(rules, prefix.count(b"\n"), valid_utf8=True)
+    return content.result(), problems
+
+
+def _file_parts(lines: pd.DataFrame, header: str) -> tuple[bytes, pa.ChunkedArray]:
+    """The comment lines the file starts with, and its rule lines (without newlines)."""
     comments = ["".join(char for char in line if char.isprintable()).rstrip()
                 for line in header.splitlines()]
     prefix = "".join((line if line.startswith("#") else f"# {line}") + "\n" for line in comments)
@@ -721,7 +744,7 @@ def rules_file(lines: pd.DataFrame, header: str) -> bytes:
     rules = pa.chunked_array(pd.array(lines["rule"], dtype="string").__arrow_array__())
     if len(sids) > 1 and (np.diff(sids) < 0).any():  # a built ruleset comes in sid order
         rules = rules.take(pa.array(np.argsort(sids, kind="stable")))
-    return _joined_lines(rules, prefix.encode())
+    return prefix.encode(), rules
 
 
 _ACTIONS = "alert|drop|pass|reject|rejectsrc|rejectdst|rejectboth"
@@ -766,19 +789,31 @@ def check_rules_file(content: bytes) -> list[str]:
     One strict pattern (`_STRICT_RULE`, the shape the renderer writes) clears most lines in
     a single pass; every check below runs on the lines it does not clear. A line it clears
     passes all of them, so the problems found are the same as with every check on every
-    line; sids are read from every rule line, in a second thread meanwhile."""
+    line."""
     if content and not content.endswith(b"\n"):
         return ["the last line is not terminated by a newline"]
     lines, valid_utf8 = _file_lines(content)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # arrow kernels run without the GIL
-        sid_text = pool.submit(_sid_texts, lines)
-        strict = _mask(pc.match_substring_regex(lines, _STRICT_RULE))
+    return _line_problems(pa.chunked_array([lines]), 0, valid_utf8)
+
+
+def _line_problems(lines: pa.ChunkedArray, skipped: int, valid_utf8: bool) -> list[str]:
+    """The check of `check_rules_file` on a file's lines after its first `skipped` lines
+    (comments): blocks of lines are matched against the strict pattern and their sids read
+    in two threads (RE2 in arrow runs without the GIL)."""
+    blocks = [lines.slice(start, _CHECK_BLOCK_ROWS)
+              for start in range(0, len(lines), _CHECK_BLOCK_ROWS)] or [lines]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        strict_blocks = pool.map(_strict_mask, blocks)
+        sid_blocks = pool.map(_sid_texts, blocks)
+        strict = np.concatenate(list(strict_blocks))
         problems, is_rule, found = _checked_lines(lines, np.flatnonzero(~strict), valid_utf8)
         too_long = _mask(pc.greater(pc.binary_length(lines), MAX_RULE_BYTES)) & is_rule
-        numbers = np.arange(1, len(lines) + 1)
-        problems += [(int(n), f"is longer than {MAX_RULE_BYTES} bytes")
-                     for n in numbers[too_long]]
-        problems += _sid_problems(sid_text.result(), np.flatnonzero(is_rule), found)
+        problems += [(int(row) + 1, f"is longer than {MAX_RULE_BYTES} bytes")
+                     for row in np.flatnonzero(too_long)]
+        sid_text = pa.chunked_array([chunk for block in sid_blocks for chunk in block.chunks],
+                                    lines.type)
+    problems = [(number + skipped, why) for number, why in problems]
+    problems += _sid_problems(sid_text, np.flatnonzero(is_rule), found, skipped)
     messages = [f"line {number}: {why}" for number, why in sorted(problems)]
     if len(messages) > MAX_CHECK_PROBLEMS:
         more = len(messages) - MAX_CHECK_PROBLEMS
@@ -786,7 +821,14 @@ def check_rules_file(content: bytes) -> list[str]:
     return messages
 
 
-def _checked_lines(lines: pa.Array, rows: np.ndarray, valid_utf8: bool,
+_CHECK_BLOCK_ROWS = 1 << 17
+
+
+def _strict_mask(lines: pa.ChunkedArray) -> np.ndarray:
+    return _mask(pc.match_substring_regex(lines, _STRICT_RULE))
+
+
+def _checked_lines(lines: pa.Array | pa.ChunkedArray, rows: np.ndarray, valid_utf8: bool,
                    ) -> tuple[list[tuple[int, str]], np.ndarray, np.ndarray]:
     """Every check on the lines at `rows`: (line number, problem) pairs, which lines of the
     file are rules, and which rule lines have a problem already (a missing sid is then
@@ -795,7 +837,7 @@ def _checked_lines(lines: pa.Array, rows: np.ndarray, valid_utf8: bool,
     found = np.zeros(len(lines), dtype=bool)
     if not len(rows):
         return [], is_rule, found
-    checked = lines.take(pa.array(rows))
+    checked = _take(lines, rows)
     # comment and blank lines are checked along with the rules and their results ignored
     comment = _mask(pc.match_substring_regex(checked, r"^(?:#|\s*$)"))
     is_rule[rows[comment]] = False
@@ -813,7 +855,19 @@ def _checked_lines(lines: pa.Array, rows: np.ndarray, valid_utf8: bool,
     return problems, is_rule, found
 
 
-def _sid_texts(lines: pa.Array) -> pa.Array:
+def _take(lines: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
+    """`lines.take(rows)` for ascending `rows`, chunk by chunk: arrow's take on a chunked
+    array first joins the chunks, a copy of the whole rules text for a handful of lines."""
+    if isinstance(lines, pa.Array):
+        return lines.take(pa.array(rows, pa.int64()))
+    starts = np.cumsum([0] + [len(chunk) for chunk in lines.chunks])
+    edges = np.searchsorted(rows, starts)
+    taken = [chunk.take(pa.array(rows[edges[at]:edges[at + 1]] - starts[at], pa.int64()))
+             for at, chunk in enumerate(lines.chunks)]
+    return pa.concat_arrays(taken) if taken else pa.array([], lines.type)
+
+
+def _sid_texts(lines: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.struct_field(pc.extract_regex(lines, _SID), "sid")
 
 
@@ -832,19 +886,20 @@ def _file_lines(content: bytes) -> tuple[pa.Array, bool]:
     return lines.slice(0, max(len(lines) - 1, 0)), valid_utf8  # nothing after the last \n
 
 
-def _sid_problems(sid_text: pa.Array, rule_rows: np.ndarray,
-                  already_bad: np.ndarray) -> list[tuple[int, str]]:
-    """Rule lines (at `rule_rows`; `sid_text` per line) without a sid, or sharing one."""
+def _sid_problems(sid_text: pa.Array | pa.ChunkedArray, rule_rows: np.ndarray,
+                  already_bad: np.ndarray, skipped: int = 0) -> list[tuple[int, str]]:
+    """Rule lines (at `rule_rows`; `sid_text` per line) without a sid, or sharing one;
+    numbered after `skipped` lines."""
     rule_sids = pc.cast(sid_text, pa.int64()).take(pa.array(rule_rows, pa.int64()))
     if not rule_sids.null_count and len(pc.unique(rule_sids)) == len(rule_sids):
         return []  # the usual case, without a pandas pass over millions of sids
-    numbers = rule_rows + 1
+    numbers = rule_rows + 1 + skipped
     sids = pd.Series(rule_sids.to_numpy(zero_copy_only=False),
                      dtype="Int64") if len(rule_rows) else pd.Series([], dtype="Int64")
     missing = sids.isna().to_numpy() & ~already_bad[rule_rows]
     problems = [(int(number), "has no sid") for number in numbers[missing]]
-    repeated = sids.notna() & sids.duplicated(keep=False)
-    for sid, rows in sids[repeated].groupby(sids[repeated]).indices.items():
+    repeated = np.flatnonzero((sids.notna() & sids.duplicated(keep=False)).to_numpy())
+    for sid, rows in pd.Series(repeated).groupby(sids.to_numpy()[repeated]).agg(list).items():
         where = ", ".join(str(numbers[row]) for row in rows)
         problems.append((int(numbers[rows[0]]), f"sid {sid} is on more than one line: {where}"))
     return problems

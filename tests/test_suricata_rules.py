@@ -33,6 +33,7 @@ from tasks.suricata_rules import (
     SHA256_LIST,
     base64_lines,
     check_rules_file,
+    checked_rules_file,
     escape_content,
     render_list_rules,
     render_rule_lines,
@@ -567,6 +568,52 @@ def test_fast_path_of_the_check_reports_exactly_what_the_full_check_reports() ->
         assert found == every_check_on_every_line(content), edited[row]
         broken_files += bool(found)
     assert broken_files > 50  # the edits do break rules, so both paths had work to do
+
+
+def test_the_build_checks_the_lines_it_joins_as_the_file_check_reads_the_file() -> None:
+    """The build checks the rule lines before they are joined, not the file split again:
+    same content, and the same problems with the same line numbers (after a header of
+    several lines, over blocks of lines), as `check_rules_file` on the written file."""
+    lines, problems = render(
+        {"kind": "ip", "value": "203.0.113.7", "port": 443},
+        {"kind": "domain", "value": "evil.example"},
+        {"kind": "url", "value": 'http://evil.example/a;b"c|d%20e'},
+        {"kind": "ja3", "value": "e7d705a3286e19ea42f587b344ee6865"})
+    assert problems == []
+    chance = random.Random(7)
+    broken = 0
+    for _ in range(60):
+        edited = lines.copy()
+        rules = edited["rule"].tolist()
+        for row in chance.sample(range(len(rules)), 2):
+            at = chance.randrange(len(rules[row]))
+            rules[row] = rules[row][:at] + chance.choice(EDITS) + rules[row][at + 1:]
+        edited["rule"] = pd.array(rules, dtype="string[pyarrow]")
+        header = "misp-ndr ruleset\nsecond line\n# third"
+
+        content, found = checked_rules_file(edited, header)
+
+        assert content == rules_file(edited, header)
+        assert found == check_rules_file(content), rules
+        broken += bool(found)
+    assert broken > 20
+
+
+def test_the_build_check_numbers_lines_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of lines are checked in two threads: a line's number must not depend on its
+    block, nor a sid repeated in two blocks go unseen."""
+    lines, _ = render(*({"kind": "ip", "value": f"203.0.113.{n}"} for n in range(1, 8)))
+    rules = lines["rule"].tolist()
+    rules[5] = rules[5].replace("msg:", "msg ")
+    rules[6] = re.sub(r"sid:[0-9]+", re.search(r"sid:[0-9]+", rules[1])[0], rules[6])
+    lines["rule"] = pd.array(rules, dtype="string[pyarrow]")
+    monkeypatch.setattr(module, "_CHECK_BLOCK_ROWS", 2)
+
+    content, found = checked_rules_file(lines, "one\ntwo")
+
+    assert found == check_rules_file(content)
+    assert found[0].startswith("line 4: sid ") and found[0].endswith("on more than one line: 4, 9")
+    assert found[1].startswith("line 8: is not a rule")
 
 
 def test_rules_come_in_sid_order_and_problems_by_kind_then_as_given() -> None:
