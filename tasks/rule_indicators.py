@@ -156,13 +156,11 @@ def normalize_rule_indicators(
             (kind_reason[~kept] + " " + reason[~kept]).astype(object)).value_counts().items():
         counts[f"rejected {key}"] = int(count)
 
-    rows = parts["row"][kept]
-    source = frame.iloc[rows]
+    rows = pa.array(parts["row"][kept], pa.int64())
+    carried = {name: pd.arrays.ArrowStringArray(_strings(frame[name]).take(rows))
+               for name in ("attribute_uuid", "event_uuid", "event_info", "tags")}
     indicators = pd.DataFrame({
-        "attribute_uuid": source["attribute_uuid"].to_numpy(),
-        "event_uuid": source["event_uuid"].to_numpy(),
-        "event_info": source["event_info"].to_numpy(),
-        "tags": source["tags"].to_numpy(),
+        **carried,
         "misp_type": parts["misp_type"][kept],
         "kind": parts["kind"][kept],
         "value": value[kept],
@@ -174,33 +172,44 @@ def normalize_rule_indicators(
 
 def _split_parts(frame: pd.DataFrame, rows: np.ndarray) -> dict[str, np.ndarray]:
     """One entry per (attribute row, part), in row order: its kind, its raw text (None if
-    the composite value has no '|'), and for ip-*|port types the raw port."""
-    subset = frame.iloc[rows]
-    types = subset["type"].to_numpy(dtype=object)
-    whole = pa.array(subset["value"], type=pa.string(), from_pandas=True)
+    the composite value has no '|'), and for ip-*|port types the raw port. Types are
+    worked on as codes of the few distinct ones: millions of rows, a dozen types."""
+    type_codes, type_names = pd.factorize(frame["type"].to_numpy(dtype=object)[rows])
+    whole = _strings(frame["value"]).take(pa.array(rows, pa.int64()))
     pieces = pc.extract_regex(whole, r"(?s)^(?P<left>.*)\|(?P<right>[^|]*)$")
     by_piece = {
         _WHOLE: whole.to_numpy(zero_copy_only=False),
         _LEFT: pc.struct_field(pieces, "left").to_numpy(zero_copy_only=False),
         _RIGHT: pc.struct_field(pieces, "right").to_numpy(zero_copy_only=False),
     }
-    slots = []
+    is_port_type = np.isin(type_names, list(PORT_TYPES))[type_codes]
+    slots: list[dict[str, np.ndarray]] = []
     for slot in range(max(len(parts) for parts in _TYPE_PARTS.values())):
-        spec = {t: parts[slot] for t, parts in _TYPE_PARTS.items() if len(parts) > slot}
-        present = np.flatnonzero(np.isin(types, list(spec)))
-        present_types = pd.Series(types[present], dtype=object)
-        kind = present_types.map({t: part[0] for t, part in spec.items()}).to_numpy()
-        piece = present_types.map({t: part[1] for t, part in spec.items()}).to_numpy()
-        raw = np.select([piece == name for name in by_piece],
-                        [by_piece[name][present] for name in by_piece], default=None)
-        slots.append(pd.DataFrame({
-            "order": present * 2 + slot, "row": rows[present], "misp_type": types[present],
-            "kind": kind, "raw": raw, "split_failed": (piece != _WHOLE) & pd.isna(raw),
-            "port_raw": np.where(np.isin(types[present], list(PORT_TYPES)),
-                                 by_piece[_RIGHT][present], None),
-        }))
-    table = pd.concat(slots, ignore_index=True).sort_values("order", kind="stable")
-    return {name: table[name].to_numpy() for name in table.columns}
+        spec = [(_TYPE_PARTS[name][slot] if len(_TYPE_PARTS.get(name, ())) > slot else None)
+                for name in type_names]
+        present = np.flatnonzero(np.array([part is not None for part in spec], bool)[type_codes])
+        codes = type_codes[present]
+        kind = np.array([part and part[0] for part in spec], dtype=object)[codes]
+        piece = np.array([part and part[1] for part in spec], dtype=object)[codes]
+        raw = np.full(len(present), None, dtype=object)
+        for name, texts in by_piece.items():
+            here = piece == name
+            raw[here] = texts[present[here]]
+        slots.append({
+            "order": present * 2 + slot, "row": rows[present],
+            "misp_type": np.asarray(type_names, dtype=object)[codes], "kind": kind, "raw": raw,
+            "split_failed": (piece != _WHOLE) & pd.isna(raw),
+            "port_raw": np.where(is_port_type[present], by_piece[_RIGHT][present], None),
+        })
+    table = {name: np.concatenate([slot[name] for slot in slots]) for name in slots[0]}
+    order = np.argsort(table["order"], kind="stable")
+    return {name: values[order] for name, values in table.items()}
+
+
+def _strings(values: pd.Series) -> pa.Array:
+    """A string column as one arrow array, without going through Python strings."""
+    return pa.chunked_array(pd.array(values, dtype="string").__arrow_array__(),
+                            pa.string()).combine_chunks()
 
 
 def _judge_parts(
@@ -312,7 +321,7 @@ def _rejections(frame: pd.DataFrame, parts: dict[str, np.ndarray], rejected: np.
         ParseProblem.make(f"MISP attribute {uuid}", f"{misp_type}: {about} {why}",
                           "" if pd.isna(value) else value)
         for uuid, value, misp_type, about, why in zip(
-            frame["attribute_uuid"].to_numpy()[rows], frame["value"].to_numpy()[rows],
+            frame["attribute_uuid"].iloc[rows], frame["value"].iloc[rows],
             parts["misp_type"][rejected], kind_reason[rejected], reason[rejected],
             strict=True)
     ]
