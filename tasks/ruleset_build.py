@@ -28,7 +28,7 @@ from tasks.rule_customizations import Customizations, apply_customizations
 from tasks.rule_indicators import FILE_HASH_KINDS, expand_rule_variants
 from tasks.rule_sids import SID_MAP_COLUMNS, SidAllocator, read_sid_map, write_sid_map
 from tasks.suricata_rules import checked_rules_file, render_list_rules, render_rule_lines
-from tasks.zeek_intel import render_zeek_intel, zeek_intel_refused
+from tasks.zeek_intel import render_zeek_intel
 
 RULES_FILE = "misp.rules"
 SID_MAP_FILE = "sid-map.csv"
@@ -125,8 +125,8 @@ def _other_sensor_files(
         blacklists, refused = render_flowmon_blacklists(indicators)
         files |= blacklists
     if settings.zeek:
-        files[ZEEK_FILE] = render_zeek_intel(indicators, misp_url=misp_url)
-        refused += zeek_intel_refused(indicators)
+        files[ZEEK_FILE], unsafe = render_zeek_intel(indicators, misp_url=misp_url)
+        refused += unsafe
     return files, refused
 
 

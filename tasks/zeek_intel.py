@@ -45,13 +45,15 @@ UNSAFE_INDICATOR = "unsafe value (whitespace, control character or leading '#')"
 
 def render_zeek_intel(
     indicators: pd.DataFrame, source: str = "MISP", misp_url: str | None = None
-) -> bytes:
-    """The file's bytes: header, then one line per distinct (indicator, type, event), sorted
-    so that an unchanged indicator set gives an unchanged file.
+) -> tuple[bytes, list[ParseProblem]]:
+    """The file's bytes, and the indicators left out as unsafe, each named for the run
+    report (a kind Zeek has no type for is expected, and only counted).
 
-    Lines are built, sorted and deduplicated as whole texts in arrow. No field holds a tab
-    or any character below it (they are refused or cleaned), so sorting the tab-joined
-    lines orders them exactly as sorting by the fields in turn would."""
+    The file: header, then one line per distinct (indicator, type, event), sorted so that
+    an unchanged indicator set gives an unchanged file. Lines are built, sorted and
+    deduplicated as whole texts in arrow. No field holds a tab or any character below it
+    (they are refused or cleaned), so sorting the tab-joined lines orders them exactly as
+    sorting by the fields in turn would."""
     values, types, written, _ = _zeek_rows(indicators)
     header = ("#fields\t" + "\t".join(ZEEK_FIELDS) + "\n").encode()
     # everything after the indicator depends on (type, event info, event UUID) alone: made
@@ -74,19 +76,13 @@ def render_zeek_intel(
     lines = pc.binary_join_element_wise(values.filter(pa.array(written)),
                                         tail.take(pa.array(rows)),
                                         pa.scalar("\t", pa.large_string()))
-    return sorted_distinct_lines(lines, prefix=header)
-
-
-def zeek_intel_refused(indicators: pd.DataFrame) -> list[ParseProblem]:
-    """The indicators left out as unsafe, each named for the run report (a kind Zeek has
-    no type for is expected, and only counted)."""
-    values, types, written, _ = _zeek_rows(indicators)
-    unsafe = _mask(pc.is_valid(types)) & ~written
-    return [ParseProblem.make(f"{ZEEK_FILE_LABEL}, attribute {attribute}", UNSAFE_INDICATOR,
-                              repr(value))
-            for attribute, value in zip(indicators["attribute_uuid"].to_numpy()[unsafe],
-                                        values.filter(pa.array(unsafe)).to_pylist(),
-                                        strict=True)]
+    unsafe = np.flatnonzero(_mask(pc.is_valid(types)) & ~written)
+    refused = [ParseProblem.make(f"{ZEEK_FILE_LABEL}, attribute {attribute}",
+                                 UNSAFE_INDICATOR, repr(value))
+               for attribute, value in zip(indicators["attribute_uuid"].iloc[unsafe],
+                                           values.take(pa.array(unsafe, pa.int64())).to_pylist(),
+                                           strict=True)]
+    return sorted_distinct_lines(lines, prefix=header), refused
 
 
 def zeek_intel_skipped(indicators: pd.DataFrame) -> dict[str, int]:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.rule_indicators import RULE_INDICATOR_COLUMNS
-from tasks.zeek_intel import render_zeek_intel, zeek_intel_skipped
+from tasks.zeek_intel import UNSAFE_INDICATOR, render_zeek_intel, zeek_intel_skipped
 
 HEADER = "#fields\tindicator\tindicator_type\tmeta.source\tmeta.desc\tmeta.url\n"
 EVENT_UUID = "e0000000-0000-4000-8000-000000000001"
@@ -25,7 +25,7 @@ def indicators(rows: list[tuple[str, str, str | None]]) -> pd.DataFrame:
 
 
 def test_exact_file_for_a_small_example() -> None:
-    content = render_zeek_intel(indicators([
+    content, _ = render_zeek_intel(indicators([
         ("ip", "192.0.2.1", "Phishing wave\t2\nsee ticket"),
         ("ip", "198.51.100.0/24", "Scanner net"),
         ("domain", "evil.example", None),
@@ -46,26 +46,30 @@ def test_exact_file_for_a_small_example() -> None:
 
 def test_without_misp_url_the_link_is_unset_and_ja3_is_counted() -> None:
     rows = indicators([("hostname", "c2.evil.example", "C2"), ("ja3", "a" * 32, "C2")])
-    assert render_zeek_intel(rows, source="CIRCL MISP").decode() == (
+    assert render_zeek_intel(rows, source="CIRCL MISP")[0].decode() == (
         HEADER + "c2.evil.example\tIntel::DOMAIN\tCIRCL MISP\tC2\t-\n")
     assert zeek_intel_skipped(rows) == {"ja3 (no standard Zeek intel type)": 1}
 
 
 def test_empty_indicator_set_is_the_header_alone() -> None:
-    assert render_zeek_intel(indicators([])) == HEADER.encode()
+    assert render_zeek_intel(indicators([])) == (HEADER.encode(), [])
 
 
 def test_indicator_that_would_break_the_file_is_left_out_and_counted() -> None:
     rows = indicators([("domain", "evil.example\n1.2.3.4\tIntel::ADDR", "x"),
                        ("url", "http://#comment", "x"), ("domain", "ok.example", "x")])
-    assert render_zeek_intel(rows).decode() == HEADER + "ok.example\tIntel::DOMAIN\tMISP\tx\t-\n"
+    content, refused = render_zeek_intel(rows)
+    assert content.decode() == HEADER + "ok.example\tIntel::DOMAIN\tMISP\tx\t-\n"
+    assert [(problem.reason, problem.excerpt) for problem in refused] == [
+        (UNSAFE_INDICATOR, repr("evil.example\n1.2.3.4\tIntel::ADDR")),
+        (UNSAFE_INDICATOR, repr("#comment"))]
     assert zeek_intel_skipped(rows) == {
         "unsafe value (whitespace, control character or leading '#')": 2}
 
 
 def test_same_indicator_in_one_event_is_one_line() -> None:
     rows = indicators([("ip", "192.0.2.1", "x"), ("ip", "192.0.2.1", "x")])
-    assert render_zeek_intel(rows).decode().count("192.0.2.1") == 1
+    assert render_zeek_intel(rows)[0].decode().count("192.0.2.1") == 1
 
 
 texts = st.text(st.sampled_from(["a", "1", ".", "-", "#", *HOSTILE]), max_size=12)
@@ -80,7 +84,7 @@ def test_hostile_values_never_add_lines_or_fields(
 ) -> None:
     frame = indicators([(kind, f"{kind}-{i}-{value}", info)
                         for i, (kind, value, info) in enumerate(rows)])
-    text = render_zeek_intel(frame, source=source).decode()
+    text = render_zeek_intel(frame, source=source)[0].decode()
     lines = text.split("\n")[:-1]
     assert text.splitlines() == lines
     assert lines[0] == HEADER.rstrip("\n")
