@@ -262,9 +262,12 @@ def _msg_safe(text: pa.Array) -> pa.Array:
 
 def _per_distinct(values: pd.Series, transform: Callable[[pa.Array], pa.Array]) -> pa.Array:
     """`transform` applied once per distinct value (event infos and tag sets repeat across
-    the rules of an event), spread back to every row."""
-    codes, uniques = pd.factorize(values, use_na_sentinel=False)
-    return transform(_strings(np.asarray(uniques, dtype=object))).take(pa.array(codes))
+    the rules of an event), spread back to every row; NA is transformed as one value."""
+    categorical = values.astype("category")  # nothing to do where the column is one
+    uniques = np.array([*categorical.cat.categories.astype(object), None], dtype=object)
+    codes = categorical.cat.codes.to_numpy()
+    codes = np.where(codes < 0, len(uniques) - 1, codes)
+    return transform(_strings(uniques)).take(pa.array(codes))
 
 
 def tag_metadata(tag_sets: pa.Array) -> pa.Array:
@@ -552,6 +555,9 @@ def render_rule_lines(
     if rules.empty:
         return empty_rule_lines(), []
     by_sid, report_order = _sid_order(rules)
+    # event infos and tag sets repeat across an event's rules: as categories, reordering
+    # and filtering move codes, not their text
+    rules = rules.astype({"event_info": "category", "tags": "category"})
     rules = rules.take(by_sid).reset_index(drop=True)
     rejections = _common_rejections(rules, settings)
     header, options, target = _matching_parts(rules, rejections)
