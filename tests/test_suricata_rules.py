@@ -541,16 +541,23 @@ def every_check_on_every_line(content: bytes) -> list[str]:
 EDITS = ['"', ";", "\\", "(", ")", "[", " ", "\x07", "\t", "\u00e9", "|", "#", ":", "\r"]
 
 
-def test_fast_path_of_the_check_reports_exactly_what_the_full_check_reports() -> None:
-    """Rendered rules with one character inserted, replaced or deleted at seeded random
-    places (quotes, semicolons, backslashes, parentheses, control and non-ASCII bytes):
-    the fast path must neither miss a problem nor invent one."""
+def one_rule_of_each_kind() -> pd.DataFrame:
+    """Rendered lines to break: an ip, a domain (three rules), a URL with characters to
+    escape, a JA3 hash."""
     lines, problems = render(
         {"kind": "ip", "value": "203.0.113.7", "port": 443},
         {"kind": "domain", "value": "evil.example"},
         {"kind": "url", "value": 'http://evil.example/a;b"c|d%20e'},
         {"kind": "ja3", "value": "e7d705a3286e19ea42f587b344ee6865"})
     assert problems == []
+    return lines
+
+
+def test_fast_path_of_the_check_reports_exactly_what_the_full_check_reports() -> None:
+    """Rendered rules with one character inserted, replaced or deleted at seeded random
+    places (quotes, semicolons, backslashes, parentheses, control and non-ASCII bytes):
+    the fast path must neither miss a problem nor invent one."""
+    lines = one_rule_of_each_kind()
     rules = lines["rule"].tolist()
     chance = random.Random(6)
     broken_files = 0
@@ -574,12 +581,7 @@ def test_the_build_checks_the_lines_it_joins_as_the_file_check_reads_the_file() 
     """The build checks the rule lines before they are joined, not the file split again:
     same content, and the same problems with the same line numbers (after a header of
     several lines, over blocks of lines), as `check_rules_file` on the written file."""
-    lines, problems = render(
-        {"kind": "ip", "value": "203.0.113.7", "port": 443},
-        {"kind": "domain", "value": "evil.example"},
-        {"kind": "url", "value": 'http://evil.example/a;b"c|d%20e'},
-        {"kind": "ja3", "value": "e7d705a3286e19ea42f587b344ee6865"})
-    assert problems == []
+    lines = one_rule_of_each_kind()
     chance = random.Random(7)
     broken = 0
     for _ in range(60):
