@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from misp_ndr.task_policy import batch_task
+from tasks.arrow_text import arrow_text
 from tasks.detections import ParseProblem
 from tasks.flowmon_blacklists import LINE_UNSAFE
 from tasks.indicators import non_global_names, normalize_dns_names
@@ -157,7 +158,7 @@ def normalize_rule_indicators(
         counts[f"rejected {key}"] = int(count)
 
     rows = pa.array(parts["row"][kept], pa.int64())
-    carried = {name: pd.arrays.ArrowStringArray(_strings(frame[name]).take(rows))
+    carried = {name: pd.arrays.ArrowStringArray(arrow_text(frame[name]).take(rows))
                for name in ("attribute_uuid", "event_uuid", "event_info", "tags")}
     indicators = pd.DataFrame({
         **carried,
@@ -175,7 +176,7 @@ def _split_parts(frame: pd.DataFrame, rows: np.ndarray) -> dict[str, np.ndarray]
     the composite value has no '|'), and for ip-*|port types the raw port. Types are
     worked on as codes of the few distinct ones: millions of rows, a dozen types."""
     type_codes, type_names = pd.factorize(frame["type"].to_numpy(dtype=object)[rows])
-    whole = _strings(frame["value"]).take(pa.array(rows, pa.int64()))
+    whole = arrow_text(frame["value"]).take(pa.array(rows, pa.int64()))
     pieces = pc.extract_regex(whole, r"(?s)^(?P<left>.*)\|(?P<right>[^|]*)$")
     by_piece = {
         _WHOLE: whole.to_numpy(zero_copy_only=False),
@@ -204,12 +205,6 @@ def _split_parts(frame: pd.DataFrame, rows: np.ndarray) -> dict[str, np.ndarray]
     table = {name: np.concatenate([slot[name] for slot in slots]) for name in slots[0]}
     order = np.argsort(table["order"], kind="stable")
     return {name: values[order] for name, values in table.items()}
-
-
-def _strings(values: pd.Series) -> pa.Array:
-    """A string column as one arrow array, without going through Python strings."""
-    return pa.chunked_array(pd.array(values, dtype="string").__arrow_array__(),
-                            pa.string()).combine_chunks()
 
 
 def _judge_parts(

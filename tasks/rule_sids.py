@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from misp_ndr.atomic_files import write_atomically
 from misp_ndr.errors import ConfigError, InputError
+from tasks.arrow_text import arrow_text, true_where
 from tasks.rule_indicators import RESERVED_TOP_SIDS
 
 # What renders into a rule: a change in any of these bumps the rule's rev.
@@ -112,7 +113,7 @@ def fnv1a_64(texts: pa.Array) -> np.ndarray:
     one (rows, length) byte matrix, hashed one byte column at a time. Chosen over pandas'
     own hashing because sids must not depend on the pandas version, and over sha256
     because it needs no Python call per row."""
-    binary = _strings(texts).cast(pa.large_binary())
+    binary = arrow_text(texts, large=True).cast(pa.large_binary())
     lengths = pc.binary_length(binary).to_numpy(zero_copy_only=False)
     hashes = np.full(len(binary), _FNV_OFFSET, dtype=np.uint64)
     for length in np.unique(lengths).tolist():
@@ -154,7 +155,7 @@ class _Stored:
         """After `_allocate` stored `pairs` (rev 1): as its upsert does, a pair already
         stored (its sid outside the range) is replaced, any other added."""
         at = pc.index_in(pairs, value_set=self.pairs)
-        found = _mask(pc.is_valid(at))
+        found = true_where(pc.is_valid(at))
         rows = at.filter(pa.array(found)).to_numpy().astype(np.int64)
         self.sids[rows], self.hashes[rows], self.revs[rows] = sids[found], hashes[found], 1
         added = ~found
@@ -229,8 +230,8 @@ class SidAllocator:
         """`rules` (rows of `expand_rule_variants`) with `sid` (Int64) and `rev` (Int32)
         added, in the same order. Raises ValueError if a pair is missing or occurs twice:
         the caller's bug, and two rules with one sid would be worse than no update."""
-        uuids = pc.utf8_lower(_strings(rules["attribute_uuid"]))
-        variants = _strings(rules["variant"])
+        uuids = pc.utf8_lower(arrow_text(rules["attribute_uuid"], large=True))
+        variants = arrow_text(rules["variant"], large=True)
         pairs = pc.binary_join_element_wise(uuids, variants, pa.scalar("|", pa.large_string()))
         batch = _Batch(np.arange(len(rules)), uuids, variants, pairs, rule_content_hash(rules))
         if batch.pairs.null_count:
@@ -268,7 +269,7 @@ class SidAllocator:
         in_range = (stored.sids >= self.first) & (stored.sids <= self.last)
         kept = np.flatnonzero(in_range)
         match = pc.index_in(batch.pairs, value_set=stored.pairs.filter(pa.array(in_range)))
-        is_known = _mask(pc.is_valid(match))
+        is_known = true_where(pc.is_valid(match))
         sids = np.empty(len(batch.rows), dtype=np.int64)
         revs = np.empty(len(batch.rows), dtype=np.int64)
         known = kept[match.filter(pa.array(is_known)).to_numpy()]
@@ -332,18 +333,6 @@ class SidAllocator:
             new.uuids.to_pylist(), new.variants.to_pylist(), sids.tolist(),
             new.content_hash.tolist(), [1] * count, [first_seen] * count, strict=True))
         return sids
-
-
-def _strings(values: pd.Series | pa.Array) -> pa.Array:
-    if isinstance(values, pd.Series):
-        values = pa.array(values.astype("string").array)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    return values.cast(pa.large_string())
-
-
-def _mask(condition: pa.Array) -> np.ndarray:
-    return np.asarray(pc.fill_null(condition, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _stored(connection: sqlite3.Connection) -> _Stored:
@@ -462,14 +451,14 @@ def _csv_field(column: pd.Series, order: pa.Array | None) -> pa.Array:
         text = pc.cast(pa.array(column.array), pa.large_string())
         integers = True
     else:
-        text = _strings(column)
+        text = arrow_text(column, large=True)
         integers = False
     if order is not None:
         text = text.take(order)
     text = pc.fill_null(text, "")
     if integers:  # digits and '-' only: never quoted
         return text
-    needs_quotes = _mask(pc.match_substring_regex(text, '[,"\n]'))
+    needs_quotes = true_where(pc.match_substring_regex(text, '[,"\n]'))
     rows = np.flatnonzero(needs_quotes)
     if not len(rows):
         return text

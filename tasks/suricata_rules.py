@@ -77,6 +77,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from misp_ndr.config import RulesSettings
+from tasks.arrow_text import arrow_text, true_where
 from tasks.detections import ParseProblem
 from tasks.flowmon_blacklists import sorted_distinct_lines
 from tasks.indicators import normalize_dns_names
@@ -174,14 +175,6 @@ def empty_rule_lines() -> pd.DataFrame:
 # Text helpers (pyarrow, whole columns at once)
 
 
-def _strings(values: pd.Series | pa.Array | np.ndarray) -> pa.Array:
-    if not isinstance(values, pa.Array | pa.ChunkedArray):
-        values = pa.array(values, type=pa.string(), from_pandas=True)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    return values.cast(pa.string())
-
-
 def _repeated(text: str, count: int) -> pa.Array:
     """`text` `count` times, built in numpy: several times faster than `pa.repeat`."""
     data = text.encode()
@@ -202,18 +195,13 @@ def _concat(*pieces: str | pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(*arrays, "")
 
 
-def _mask(condition: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A boolean kernel result as numpy, nulls as False."""
-    return np.asarray(pc.fill_null(condition, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def escape_content(values: pa.Array) -> pa.Array:
     """Text as a Suricata `content` body: printable ASCII stays, except `"` `;` `\\` `|`,
     which with every other byte (UTF-8 encoded) become hex, consecutive ones sharing one
     `|..|` group. Callers reject control characters first: this function would escape them,
     but a value holding them is not a faithful indicator."""
-    values = pc.fill_null(_strings(values), "")
-    rows = np.flatnonzero(_mask(pc.match_substring_regex(values, _NEEDS_ESCAPE)))
+    values = pc.fill_null(arrow_text(values), "")
+    rows = np.flatnonzero(true_where(pc.match_substring_regex(values, _NEEDS_ESCAPE)))
     if not len(rows):
         return values
     escaped = _escape_bytes(values.take(pa.array(rows)))
@@ -241,8 +229,8 @@ def _escape_bytes(values: pa.Array) -> pa.Array:
 def msg_text(values: pa.Array, max_chars: int) -> pa.Array:
     """Free text made safe for a quoted `msg`: printable ASCII only (other characters become
     '?', whitespace and control runs one space), no `"` `;` `\\`, at most `max_chars`."""
-    text = pc.fill_null(_strings(values), "")
-    dirty = _mask(pc.match_substring_regex(text, r'[^\x20-\x7e]|["\\;]|^ | $|  '))
+    text = pc.fill_null(arrow_text(values), "")
+    dirty = true_where(pc.match_substring_regex(text, r'[^\x20-\x7e]|["\\;]|^ | $|  '))
     if dirty.any():
         rows = pa.array(np.flatnonzero(dirty))
         text = pc.replace_with_mask(text, pa.array(dirty), _msg_safe(text.take(rows)))
@@ -267,7 +255,7 @@ def _per_distinct(values: pd.Series, transform: Callable[[pa.Array], pa.Array]) 
     uniques = np.array([*categorical.cat.categories.astype(object), None], dtype=object)
     codes = categorical.cat.codes.to_numpy()
     codes = np.where(codes < 0, len(uniques) - 1, codes)
-    return transform(_strings(uniques)).take(pa.array(codes))
+    return transform(arrow_text(uniques)).take(pa.array(codes))
 
 
 def tag_metadata(tag_sets: pa.Array) -> pa.Array:
@@ -275,7 +263,7 @@ def tag_metadata(tag_sets: pa.Array) -> pa.Array:
     Metadata values cannot hold `,` `;` `"` or spaces: each tag keeps [A-Za-z0-9_.:=-], runs
     of anything else become one '_', a tag left empty is dropped, repeats are dropped, and
     tags past TAG_BUDGET_CHARS are left out so the rule stays under Suricata's line limit."""
-    tag_lists = pc.split_pattern(pc.fill_null(_strings(tag_sets), ""), TAG_SEPARATOR)
+    tag_lists = pc.split_pattern(pc.fill_null(arrow_text(tag_sets), ""), TAG_SEPARATOR)
     parents = pc.list_parent_indices(tag_lists).to_numpy()
     tags = pc.replace_substring_regex(pc.list_flatten(tag_lists), r"[^A-Za-z0-9_.:=-]+", "_")
     tags = pc.utf8_slice_codeunits(pc.utf8_trim(tags, "_"), 0, TAG_CHARS)
@@ -286,7 +274,7 @@ def tag_metadata(tag_sets: pa.Array) -> pa.Array:
     entries = entries[entries["spent"] <= TAG_BUDGET_CHARS]
     counts = np.bincount(entries["parent"].to_numpy(), minlength=len(tag_sets))
     offsets = pa.array(np.concatenate(([0], np.cumsum(counts))).astype(np.int32))
-    prefixed = _concat(", misp_tag ", _strings(entries["tag"]))
+    prefixed = _concat(", misp_tag ", arrow_text(entries["tag"]))
     return pc.binary_join(pa.ListArray.from_arrays(offsets, prefixed), "")
 
 
@@ -319,14 +307,14 @@ class _Matches:
 
 
 def _ip_matches(rules: pd.DataFrame) -> _Matches:
-    parsed = parse_addresses(_strings(rules["value"]))
+    parsed = parse_addresses(arrow_text(rules["value"]))
     reason = np.full(len(rules), None, dtype=object)
     reason[~parsed.valid] = "is not an IP address"
-    addresses = pc.fill_null(_strings(parsed.canonical_text()), "")
+    addresses = pc.fill_null(arrow_text(parsed.canonical_text()), "")
     port = rules["port"].astype("Int32")
     bad_port = (port.notna() & ~port.between(1, 65535)).to_numpy(dtype=bool, na_value=False)
     reason[bad_port & pd.isna(reason)] = "port is outside 1-65535"
-    port_text = _strings(port.astype("string").fillna("any"))
+    port_text = arrow_text(port.astype("string").fillna("any"))
     header = _concat("ip any any <> ", addresses, " ", port_text)
     return _Matches(header, _repeated("", len(rules)), "", reason)
 
@@ -337,7 +325,7 @@ def _checked_names(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     punycode on the wire, and mean the pull stage let one by."""
     encoded = pc.dictionary_encode(pc.fill_null(values, ""))
     distinct = encoded.dictionary
-    ascii_names = _mask(pc.string_is_ascii(distinct))
+    ascii_names = true_where(pc.string_is_ascii(distinct))
     names, reason = normalize_dns_names(pc.if_else(pa.array(ascii_names), distinct, ""))
     reason[~ascii_names] = _NON_PUNYCODE
     rows = encoded.indices.to_numpy()
@@ -346,9 +334,9 @@ def _checked_names(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
 
 def _name_matches(rules: pd.DataFrame) -> _Matches:
     """All variants of a name kind at once, so each name is checked once, not per variant."""
-    names, reason = _checked_names(_strings(rules["value"]))
+    names, reason = _checked_names(arrow_text(rules["value"]))
     variant = pa.array(pd.Categorical(rules["variant"], categories=list(_NAME_MATCHES)).codes)
-    protocol, before, after = (_strings(list(column)) for column in zip(*_NAME_MATCHES.values(),
+    protocol, before, after = (arrow_text(list(column)) for column in zip(*_NAME_MATCHES.values(),
                                                                         strict=True))
     header = _concat(protocol.take(variant), " any any -> any any")
     options = _concat(before.take(variant), 'content:".', pc.fill_null(names, ""), '"; ',
@@ -357,9 +345,9 @@ def _name_matches(rules: pd.DataFrame) -> _Matches:
 
 
 def _url_matches(rules: pd.DataFrame) -> _Matches:
-    values = _strings(rules["value"])
+    values = arrow_text(rules["value"])
     parts = pc.extract_regex(values, _URL)
-    parsed = _mask(pc.is_valid(parts))
+    parsed = true_where(pc.is_valid(parts))
     scheme = pc.utf8_lower(pc.fill_null(pc.struct_field(parts, "scheme"), ""))
     host = pc.replace_substring_regex(
         pc.utf8_lower(pc.fill_null(pc.struct_field(parts, "host"), "")), r"\.$", "")
@@ -367,9 +355,9 @@ def _url_matches(rules: pd.DataFrame) -> _Matches:
 
     reason = np.full(len(rules), None, dtype=object)
     # "http:///x" would otherwise read as host "http"
-    lost_scheme = _mask(pc.match_substring(values, "://")) & _mask(pc.equal(scheme, ""))
+    lost_scheme = true_where(pc.match_substring(values, "://")) & true_where(pc.equal(scheme, ""))
     reason[~parsed | lost_scheme] = "is not a URL with a host"
-    bad_scheme = ~_mask(pc.is_in(scheme, pa.array(_HTTP_SCHEMES)))
+    bad_scheme = ~true_where(pc.is_in(scheme, pa.array(_HTTP_SCHEMES)))
     reason[bad_scheme & pd.isna(reason)] = "is not an http(s) URL"
     names, name_reason = _checked_names(host)
     is_address = parse_addresses(pc.replace_substring_regex(host, r"^\[(.*)\]$", r"\1")).valid
@@ -378,8 +366,8 @@ def _url_matches(rules: pd.DataFrame) -> _Matches:
     reason[host_bad] = np.char.add("host ", name_reason[host_bad].astype(str)).astype(object)
     host_text = pc.if_else(pa.array(is_address), host, pc.fill_null(names, ""))
 
-    has_path = ~_mask(pc.is_in(path, pa.array(["", "/"])))
-    raw_uri = _mask(pc.match_substring(path, "%"))
+    has_path = ~true_where(pc.is_in(path, pa.array(["", "/"])))
+    raw_uri = true_where(pc.match_substring(path, "%"))
     uri_buffer = pc.if_else(pa.array(raw_uri), "http.uri.raw", "http.uri")
     uri_options = _concat(
         uri_buffer, '; content:"', escape_content(path), '"; startswith; ')
@@ -392,9 +380,9 @@ def _url_matches(rules: pd.DataFrame) -> _Matches:
 
 
 def _ja3_matches(rules: pd.DataFrame) -> _Matches:
-    hashes = pc.utf8_lower(_strings(rules["value"]))
+    hashes = pc.utf8_lower(arrow_text(rules["value"]))
     reason = np.full(len(rules), None, dtype=object)
-    reason[~_mask(pc.match_substring_regex(hashes, r"^[0-9a-f]{32}$"))] = \
+    reason[~true_where(pc.match_substring_regex(hashes, r"^[0-9a-f]{32}$"))] = \
         "is not a JA3 hash (32 hex digits)"
     options = _concat(
         'flow:established,to_server; ja3.hash; content:"', pc.fill_null(hashes, ""), '"; ')
@@ -415,7 +403,7 @@ def _common_rejections(rules: pd.DataFrame, settings: RulesSettings) -> _Rejecti
     """What makes a row unrenderable whatever its kind."""
     rejections = _Rejections(len(rules))
     for column in ("attribute_uuid", "event_uuid"):
-        is_uuid = _mask(pc.match_substring_regex(_strings(rules[column]), _UUID))
+        is_uuid = true_where(pc.match_substring_regex(arrow_text(rules[column]), _UUID))
         rejections.add(~is_uuid, f"{column.replace('_', ' ')} is missing or not a UUID")
     supported = np.zeros(len(rules), dtype=bool)
     for kind, variants in RULE_VARIANTS.items():
@@ -428,11 +416,11 @@ def _common_rejections(rules: pd.DataFrame, settings: RulesSettings) -> _Rejecti
     in_range = sid.between(settings.sid_range_start, settings.sid_range_end - RESERVED_TOP_SIDS)
     rejections.add(~in_range.to_numpy(dtype=bool, na_value=False),
                    "sid is outside the configured per-attribute range")
-    values = _strings(rules["value"])
-    rejections.add(~_mask(pc.greater(pc.utf8_length(values), 0)), "value is empty")
-    rejections.add(_mask(pc.match_substring_regex(values, _CONTROL)),
+    values = arrow_text(rules["value"])
+    rejections.add(~true_where(pc.greater(pc.utf8_length(values), 0)), "value is empty")
+    rejections.add(true_where(pc.match_substring_regex(values, _CONTROL)),
                    "value contains control characters or line breaks")
-    rejections.add(_mask(pc.greater(pc.binary_length(values), MAX_VALUE_BYTES)),
+    rejections.add(true_where(pc.greater(pc.binary_length(values), MAX_VALUE_BYTES)),
                    f"value is longer than {MAX_VALUE_BYTES} bytes")
     return rejections
 
@@ -456,8 +444,8 @@ def _matching_parts(rules: pd.DataFrame, rejections: _Rejections) -> list[pa.Arr
         reason = np.full(len(rules), None, dtype=object)
         reason[rows] = matches.reason
         rejections.add(pd.notna(reason), reason)
-        parts[0].append(pc.fill_null(_strings(matches.header), ""))
-        parts[1].append(pc.fill_null(_strings(matches.options), ""))
+        parts[0].append(pc.fill_null(arrow_text(matches.header), ""))
+        parts[1].append(pc.fill_null(arrow_text(matches.options), ""))
         positions.append(rows)
         targets.append(matches.target)
     if not positions:
@@ -465,7 +453,7 @@ def _matching_parts(rules: pd.DataFrame, rejections: _Rejections) -> list[pa.Arr
     back = np.empty(len(rules), dtype=np.int64)
     back[np.concatenate(positions)] = np.arange(len(rules))
     spread = [pa.concat_arrays(arrays).take(pa.array(back)) for arrays in parts]
-    return [*spread, _strings(targets).take(pa.array(codes))]
+    return [*spread, arrow_text(targets).take(pa.array(codes))]
 
 
 _MATCHED_COLUMNS = ["value", "port", "variant"]
@@ -475,15 +463,15 @@ def _rule_text(rules: pd.DataFrame, header: pa.Array, options: pa.Array,
                target: pa.Array) -> pa.ChunkedArray:
     """Whole rules, in blocks of _TEXT_BLOCK_ROWS rows: one arrow string array holds at
     most 2 GiB, and a million rules are about 0.75 GB of text."""
-    value_text = msg_text(_strings(rules["value"]), MSG_VALUE_CHARS)
+    value_text = msg_text(arrow_text(rules["value"]), MSG_VALUE_CHARS)
     info_part = _per_distinct(rules["event_info"], _info_part)
     tags = _per_distinct(rules["tags"], tag_metadata)
     pieces = (
-        f"{ACTION} ", header, ' (msg:"MISP ', _strings(rules["kind"]), " ", value_text,
+        f"{ACTION} ", header, ' (msg:"MISP ', arrow_text(rules["kind"]), " ", value_text,
         info_part, '"; ', options, f"classtype:{CLASSTYPE}; ", target,
         "sid:", _decimal(rules["sid"]), "; rev:", _decimal(rules["rev"]),
-        "; metadata:misp_event_uuid ", pc.utf8_lower(_strings(rules["event_uuid"])),
-        ", misp_attribute_uuid ", pc.utf8_lower(_strings(rules["attribute_uuid"])),
+        "; metadata:misp_event_uuid ", pc.utf8_lower(arrow_text(rules["event_uuid"])),
+        ", misp_attribute_uuid ", pc.utf8_lower(arrow_text(rules["attribute_uuid"])),
         tags, ";)")
 
     def block(start: int) -> pa.Array:
@@ -568,7 +556,7 @@ def render_rule_lines(
         header, options, target = (part.filter(pa.array(kept)) for part in (header, options,
                                                                             target))
     text = _rule_text(rules, header, options, target)
-    too_long = _mask(pc.greater(pc.binary_length(text), MAX_RULE_BYTES))
+    too_long = true_where(pc.greater(pc.binary_length(text), MAX_RULE_BYTES))
     if too_long.any():
         problems += _problems(rules, np.where(too_long, f"rule would be longer than Suricata's "
                                               f"{MAX_RULE_BYTES}-byte line limit", None),
@@ -620,9 +608,9 @@ def _dropped(count: int, what: str) -> None:
 
 def _hash_list(hashes: pd.DataFrame, kind: str) -> pa.Array:
     _keyword, _file, digits = HASH_LISTS[kind]
-    values = pc.utf8_lower(pc.utf8_trim_whitespace(_strings(hashes.loc[hashes["kind"] == kind,
+    values = pc.utf8_lower(pc.utf8_trim_whitespace(arrow_text(hashes.loc[hashes["kind"] == kind,
                                                                         "value"])))
-    valid = _mask(pc.match_substring_regex(values, f"^[0-9a-f]{{{digits}}}$"))
+    valid = true_where(pc.match_substring_regex(values, f"^[0-9a-f]{{{digits}}}$"))
     _dropped(int((~valid).sum()), f"{kind} hashes")
     return values.filter(pa.array(valid))
 
@@ -636,7 +624,7 @@ def base64_lines(values: pa.Array) -> pa.Array:
 
 
 def _base64_block(values: pa.Array) -> pa.Array:
-    binary = pc.fill_null(_strings(values), "").cast(pa.large_binary())
+    binary = pc.fill_null(arrow_text(values), "").cast(pa.large_binary())
     offsets = np.frombuffer(binary.buffers()[1], dtype=np.int64)[
         binary.offset: binary.offset + len(binary) + 1]
     data = np.frombuffer(binary.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
@@ -665,16 +653,16 @@ def _base64_block(values: pa.Array) -> pa.Array:
 
 
 def _dataset_names(members: pd.DataFrame) -> pa.Array:
-    values = _strings(members.loc[members["kind"].isin(_NAME_KINDS), "value"])
+    values = arrow_text(members.loc[members["kind"].isin(_NAME_KINDS), "value"])
     names, reason = _checked_names(values)
     _dropped(int(pd.notna(reason).sum()), "dataset names")
     return names.filter(pa.array(pd.isna(reason)))
 
 
 def _iprep_addresses(members: pd.DataFrame) -> pa.Array:
-    parsed = parse_addresses(_strings(members.loc[members["kind"] == "ip", "value"]))
+    parsed = parse_addresses(arrow_text(members.loc[members["kind"] == "ip", "value"]))
     _dropped(int((~parsed.valid).sum()), "reputation addresses")
-    return _strings(parsed.canonical_text()[parsed.valid])
+    return arrow_text(parsed.canonical_text()[parsed.valid])
 
 
 def render_list_rules(
@@ -813,7 +801,7 @@ def _line_problems(lines: pa.ChunkedArray, skipped: int, valid_utf8: bool) -> li
         sid_blocks = pool.map(_sid_texts, blocks)
         strict = np.concatenate(list(strict_blocks))
         problems, is_rule, found = _checked_lines(lines, np.flatnonzero(~strict), valid_utf8)
-        too_long = _mask(pc.greater(pc.binary_length(lines), MAX_RULE_BYTES)) & is_rule
+        too_long = true_where(pc.greater(pc.binary_length(lines), MAX_RULE_BYTES)) & is_rule
         problems += [(int(row) + 1, f"is longer than {MAX_RULE_BYTES} bytes")
                      for row in np.flatnonzero(too_long)]
         sid_text = pa.chunked_array([chunk for block in sid_blocks for chunk in block.chunks],
@@ -831,7 +819,7 @@ _CHECK_BLOCK_ROWS = 1 << 17
 
 
 def _strict_mask(lines: pa.ChunkedArray) -> np.ndarray:
-    return _mask(pc.match_substring_regex(lines, _STRICT_RULE))
+    return true_where(pc.match_substring_regex(lines, _STRICT_RULE))
 
 
 def _checked_lines(lines: pa.Array | pa.ChunkedArray, rows: np.ndarray, valid_utf8: bool,
@@ -845,15 +833,15 @@ def _checked_lines(lines: pa.Array | pa.ChunkedArray, rows: np.ndarray, valid_ut
         return [], is_rule, found
     checked = _take(lines, rows)
     # comment and blank lines are checked along with the rules and their results ignored
-    comment = _mask(pc.match_substring_regex(checked, r"^(?:#|\s*$)"))
+    comment = true_where(pc.match_substring_regex(checked, r"^(?:#|\s*$)"))
     is_rule[rows[comment]] = False
     # a cleared line holds only printable ASCII: the file's bytes are clean when these are
-    clean_bytes = valid_utf8 and not _mask(pc.match_substring_regex(
+    clean_bytes = valid_utf8 and not true_where(pc.match_substring_regex(
         checked, _BYTE_CHECKS[0][0])).any()
     bad_here = comment.copy()
     problems: list[tuple[int, str]] = []
     for pattern, why, matching_is_bad in (() if clean_bytes else _BYTE_CHECKS) + _LINE_CHECKS:
-        matched = _mask(pc.match_substring_regex(checked, pattern))
+        matched = true_where(pc.match_substring_regex(checked, pattern))
         bad = (matched if matching_is_bad else ~matched) & ~bad_here
         bad_here |= bad
         problems += [(int(row) + 1, why) for row in rows[bad]]

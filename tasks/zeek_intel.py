@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.arrow_text import arrow_text, true_where
 from tasks.detections import ParseProblem
 from tasks.flowmon_blacklists import LINE_UNSAFE, line_unsafe, sorted_distinct_lines
 
@@ -68,15 +69,15 @@ def render_zeek_intel(
     first = np.flatnonzero(written)[np.unique(rows, return_index=True)[1]]  # one per triple
     source_field = meta_field(pd.Series([source] * len(first), dtype="string"))
     tail = pc.binary_join_element_wise(
-        _arrow(pd.Series(pd.arrays.ArrowStringArray(types.take(pa.array(first))))),
-        _arrow(source_field),
-        _arrow(meta_field(indicators["event_info"].iloc[first])),
-        _arrow(_event_links(indicators["event_uuid"].iloc[first], misp_url)),
+        arrow_text(types.take(pa.array(first)), large=True),
+        arrow_text(source_field, large=True),
+        arrow_text(meta_field(indicators["event_info"].iloc[first]), large=True),
+        arrow_text(_event_links(indicators["event_uuid"].iloc[first], misp_url), large=True),
         pa.scalar("\t", pa.large_string()))
     lines = pc.binary_join_element_wise(values.filter(pa.array(written)),
                                         tail.take(pa.array(rows)),
                                         pa.scalar("\t", pa.large_string()))
-    unsafe = np.flatnonzero(_mask(pc.is_valid(types)) & ~written)
+    unsafe = np.flatnonzero(true_where(pc.is_valid(types)) & ~written)
     refused = [ParseProblem.make(f"{ZEEK_FILE_LABEL}, attribute {attribute}",
                                  UNSAFE_INDICATOR, repr(value))
                for attribute, value in zip(indicators["attribute_uuid"].iloc[unsafe],
@@ -93,15 +94,15 @@ def zeek_intel_skipped(indicators: pd.DataFrame) -> dict[str, int]:
 def _zeek_rows(indicators: pd.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray, dict[str, int]]:
     """Per indicator its Zeek indicator text and type; whether its line is written, and
     what was left out, by reason."""
-    kinds = _arrow(indicators["kind"])
+    kinds = arrow_text(indicators["kind"], large=True)
     known = pa.array(list(ZEEK_TYPES), pa.large_string())
     types = pa.array(list(ZEEK_TYPES.values()), pa.large_string()).take(
         pc.index_in(kinds, value_set=known))
-    has_type = _mask(pc.is_valid(types))
+    has_type = true_where(pc.is_valid(types))
     skipped = {f"{kind} (no standard Zeek intel type)": int(count) for kind, count in
                pd.Series(pd.arrays.ArrowStringArray(kinds.filter(pa.array(~has_type))))
                .value_counts().items()}
-    values = _arrow(indicators["value"])
+    values = arrow_text(indicators["value"], large=True)
     is_url = pc.fill_null(pc.equal(kinds, "url"), False)
     values = pc.if_else(is_url, pc.replace_substring_regex(values, URL_SCHEME, "",
                                                            max_replacements=1), values)
@@ -110,19 +111,10 @@ def _zeek_rows(indicators: pd.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray
     types = pc.if_else(is_cidr, "Intel::SUBNET", types)
     unsafe = pc.or_(pc.match_substring_regex(values, LINE_UNSAFE),
                     pc.or_(pc.equal(pc.utf8_length(values), 0), pc.starts_with(values, "#")))
-    is_unsafe = has_type & ~_mask(pc.invert(pc.fill_null(unsafe, True)))
+    is_unsafe = has_type & ~true_where(pc.invert(pc.fill_null(unsafe, True)))
     if is_unsafe.any():
         skipped[UNSAFE_INDICATOR] = int(is_unsafe.sum())
     return values, types, has_type & ~is_unsafe, skipped
-
-
-def _mask(condition: pa.Array) -> np.ndarray:
-    return np.asarray(pc.fill_null(condition, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _arrow(values: pd.Series) -> pa.Array:
-    chunked = pd.array(values, dtype="string").__arrow_array__()
-    return chunked.combine_chunks().cast(pa.large_string())
 
 
 def meta_field(texts: pd.Series) -> pd.Series:
