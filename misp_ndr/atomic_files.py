@@ -38,6 +38,23 @@ def stage_file(path: Path, data: bytes, mode: int = SHARED_FILE_MODE) -> Path:
     return Path(temp_name)
 
 
+def already_holds(path: Path, data: bytes) -> bool:
+    """Whether `path` is a regular file holding exactly `data` (compared, not assumed from
+    a manifest: a file edited by hand is written again). Read in chunks, as outputs run to
+    hundreds of MB."""
+    try:
+        if not path.is_file() or path.stat().st_size != len(data):
+            return False
+        with open(path, "rb") as handle:
+            return all(handle.read(_COMPARE_BYTES) == data[start:start + _COMPARE_BYTES]
+                       for start in range(0, len(data), _COMPARE_BYTES))
+    except OSError:
+        return False
+
+
+_COMPARE_BYTES = 1 << 23
+
+
 def sync_directory(directory: Path) -> None:
     """A rename itself survives a power cut only once the directory entry is on disk."""
     handle = os.open(directory, os.O_RDONLY)

@@ -31,6 +31,7 @@ class RulesReport:
     rule_changes: dict[str, int] = field(default_factory=dict)
     customizations: dict[str, int] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)  # name -> bytes
+    unchanged_files: list[str] = field(default_factory=list)  # not rewritten
     snapshot: str | None = None
     reload: str = ""
     problems: list[ParseProblem] = field(default_factory=list)
@@ -48,6 +49,8 @@ class RulesReport:
             *((f"file {name} (bytes)", size) for name, size in sorted(self.files.items())),
         ]
         notes = [f"previous ruleset kept as {self.snapshot}"] if self.snapshot else []
+        notes += [f"unchanged, not rewritten: {', '.join(self.unchanged_files)}"
+                  ] if self.unchanged_files else []
         notes += [f"lists instead of one rule each for: {', '.join(self.dataset_kinds)}"
                   ] if self.dataset_kinds else []
         notes += [f"reload: {self.reload}"] if self.reload else []
@@ -74,7 +77,8 @@ def summarize_rule_update(
         removed_in_misp=merged.removed_in_misp, expired=merged.expired,
         indicators=len(merged.indicators), dataset_kinds=build.dataset_kinds,
         rule_changes=build.rule_changes, customizations=build.customization_counts,
-        files=published.sizes, snapshot=published.snapshot, problems=problems,
+        files=published.sizes, unchanged_files=published.unchanged,
+        snapshot=published.snapshot, problems=problems,
         reload=("" if reload is None else
                 f"{reload.command}: {'ok' if reload.succeeded else 'FAILED'} {reload.detail}"),
     )

@@ -22,11 +22,11 @@ import logging
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from misp_ndr.atomic_files import stage_file, sync_directory, write_atomically
+from misp_ndr.atomic_files import already_holds, stage_file, sync_directory, write_atomically
 from misp_ndr.errors import InputError, MispNdrError
 from misp_ndr.task_policy import batch_task
 
@@ -49,9 +49,10 @@ class EmptyRulesetRefused(MispNdrError):
 
 @dataclass
 class PublishedRuleset:
-    sizes: dict[str, int]  # file name -> bytes written
+    sizes: dict[str, int]  # file name -> bytes
     snapshot: str | None  # where the previous ruleset was kept, if there was one
     removed: list[str]  # files of the previous ruleset no longer produced
+    unchanged: list[str] = field(default_factory=list)  # in place already: not rewritten
 
 
 def current_files(output_dir: Path) -> list[str]:
@@ -95,7 +96,12 @@ def publish_ruleset(
     output_dir: Path, files: dict[str, bytes], keep: int, now: datetime | None = None
 ) -> PublishedRuleset:
     """Snapshot the current ruleset, stage the new files and their manifest, then switch
-    to them under a journal (lists before the rules that load them, the manifest last)."""
+    to them under a journal (lists before the rules that load them, the manifest last).
+
+    A file already holding exactly its new content is left in place, not rewritten: a
+    daily update often changes the rules but not every list, and sensors that watch a
+    file (Zeek re-reads an intel file whenever it changes) are spared a reload. The
+    snapshot links it all the same, so a rollback or recovery is unaffected."""
     moment = now or datetime.now(UTC)
     output_dir.mkdir(parents=True, exist_ok=True)
     recover_interrupted(output_dir)
@@ -104,12 +110,16 @@ def publish_ruleset(
     ordered = sorted(files, key=lambda n: (n.endswith(".rules"), n))
     with ThreadPoolExecutor(max_workers=1) as pool:  # hashing runs while the files are staged
         manifest = pool.submit(_manifest, files, moment)
-        staged = [(stage_file(output_dir / name, files[name]), name) for name in ordered]
+        unchanged = [name for name in ordered
+                     if name in previous and already_holds(output_dir / name, files[name])]
+        staged = [(stage_file(output_dir / name, files[name]), name) for name in ordered
+                  if name not in unchanged]
         staged.append((stage_file(output_dir / MANIFEST, manifest.result()), MANIFEST))
     removed = [name for name in previous if name not in files]
     _switch(output_dir, staged, removed, snapshot)
     prune_history(output_dir, keep)
-    return PublishedRuleset({n: len(d) for n, d in files.items()}, snapshot, removed)
+    return PublishedRuleset({n: len(d) for n, d in files.items()}, snapshot, removed,
+                            unchanged)
 
 
 def _switch(output_dir: Path, staged: list[tuple[Path, str]], removed: list[str],

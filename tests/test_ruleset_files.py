@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from misp_ndr import atomic_files
 from misp_ndr.errors import InputError
 from tasks import ruleset_files
 from tasks.ruleset_files import (
@@ -93,6 +94,58 @@ def files_of(out: Path) -> dict[str, bytes]:
 
 GOOD = {"misp.rules": b"good\n", "misp-ip.txt": b"1.1.1.1\n", "misp-md5.list": b"h\n"}
 NEW = {"misp.rules": b"new\n", "misp-ip.txt": b"2.2.2.2\n", "misp-domain.txt": b"d.example\n"}
+
+
+def test_a_file_whose_content_did_not_change_is_left_in_place(tmp_path: Path) -> None:
+    """Zeek re-reads an intel file whenever it changes: a daily update that changes the
+    rules but not a list must not rewrite the list. What did change is replaced."""
+    publish(tmp_path, 0, GOOD)
+    before = {name: (tmp_path / name).stat() for name in GOOD}
+
+    result = publish_ruleset(tmp_path, {**GOOD, "misp.rules": b"good, v2\n"}, keep=5,
+                             now=T0 + timedelta(days=1))
+
+    after = {name: (tmp_path / name).stat() for name in GOOD}
+    assert result.unchanged == ["misp-ip.txt", "misp-md5.list"]
+    for name in result.unchanged:
+        assert (after[name].st_ino, after[name].st_mtime_ns) == (
+            before[name].st_ino, before[name].st_mtime_ns)
+    assert after["misp.rules"].st_ino != before["misp.rules"].st_ino
+    assert files_of(tmp_path)["misp.rules"] == b"good, v2\n"
+    assert result.sizes == {name: len(data) for name, data in
+                            {**GOOD, "misp.rules": b"good, v2\n"}.items()}
+    rollback(tmp_path)
+    assert {name: files_of(tmp_path)[name] for name in GOOD} == GOOD
+
+
+def test_a_file_edited_in_place_is_written_again(tmp_path: Path) -> None:
+    """Whether a file is unchanged is read off the file, not the manifest: a list someone
+    edited by hand (same size, other bytes) gets its generated content back."""
+    publish(tmp_path, 0, GOOD)
+    (tmp_path / "misp-ip.txt").write_bytes(b"6.6.6.6\n")
+
+    result = publish_ruleset(tmp_path, GOOD, keep=5, now=T0 + timedelta(days=1))
+
+    assert result.unchanged == ["misp-md5.list", "misp.rules"]
+    assert files_of(tmp_path)["misp-ip.txt"] == GOOD["misp-ip.txt"]
+
+
+@pytest.mark.parametrize(("on_disk", "holds"), [
+    (b"0123456789", True),
+    (b"X123456789", False),  # first chunk differs
+    (b"01234X6789", False),  # a middle chunk
+    (b"012345678X", False),  # the last byte, in a short last chunk
+    (b"012345678", False),  # one byte short
+    (None, False),  # no file at all
+])
+def test_already_holds_compares_every_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_disk: bytes | None, holds: bool,
+) -> None:
+    monkeypatch.setattr(atomic_files, "_COMPARE_BYTES", 3)
+    path = tmp_path / "misp-ip.txt"
+    if on_disk is not None:
+        path.write_bytes(on_disk)
+    assert atomic_files.already_holds(path, b"0123456789") is holds
 
 
 def test_a_publish_cut_between_renames_is_undone_whole_by_the_next_one_to_look(

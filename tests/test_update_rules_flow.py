@@ -61,10 +61,16 @@ def test_feed_indicators_become_rules_blacklists_and_intel(tmp_path: Path) -> No
 def test_rerun_keeps_every_sid_and_keeps_the_previous_ruleset(tmp_path: Path) -> None:
     run(tmp_path)
     first = {row["sid"]: row["attribute_uuid"] for row in sid_map(tmp_path / "rules")}
+    intel = (tmp_path / "rules" / "misp.intel").stat()
     second = run(tmp_path)
     assert {row["sid"]: row["attribute_uuid"] for row in sid_map(tmp_path / "rules")} == first
     assert second.rule_changes == {"added": 0, "removed": 0, "changed": 0}
     assert len(snapshots(tmp_path / "rules")) == 1
+    # the same indicators: at most the rules file (its header has the minute) is written
+    # again, so Zeek, which re-reads an intel file when it changes, has nothing to reload
+    assert set(second.files) - set(second.unchanged_files) <= {"misp.rules"}
+    assert (tmp_path / "rules" / "misp.intel").stat().st_mtime_ns == intel.st_mtime_ns
+    assert any("unchanged, not rewritten: " in str(row) for row in second.rows())
 
 
 def test_excluded_tag_leaves_its_events_out(tmp_path: Path) -> None:
