@@ -163,6 +163,21 @@ def test_a_publish_cut_between_renames_is_undone_whole_by_the_next_one_to_look(
     assert sorted(path.name for path in tmp_path.glob(".*")) == [".history"]
 
 
+def test_a_cut_publish_that_left_a_file_in_place_is_undone_whole_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file left in place (unchanged) is shared by the live ruleset and its snapshot:
+    undoing a cut publish must still give the old ruleset back exactly."""
+    publish(tmp_path, 0, GOOD)
+    good = files_of(tmp_path)
+    with monkeypatch.context() as patch:
+        crash_after_renames(patch, 1)
+        with pytest.raises(Crash):
+            publish(tmp_path, 1, {**NEW, "misp-md5.list": GOOD["misp-md5.list"]})
+    assert recover_interrupted(tmp_path) == snapshots(tmp_path)[0]
+    assert files_of(tmp_path) == good
+
+
 def test_after_a_cut_publish_the_next_one_keeps_the_good_ruleset_for_rollback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
