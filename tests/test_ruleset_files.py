@@ -96,6 +96,19 @@ GOOD = {"misp.rules": b"good\n", "misp-ip.txt": b"1.1.1.1\n", "misp-md5.list": b
 NEW = {"misp.rules": b"new\n", "misp-ip.txt": b"2.2.2.2\n", "misp-domain.txt": b"d.example\n"}
 
 
+def cut_publish(out: Path, monkeypatch: pytest.MonkeyPatch, renames: int,
+                files: dict[str, bytes]) -> dict[str, bytes]:
+    """GOOD published, then a publish of `files` killed after `renames` renames; returns
+    the files GOOD left on disk."""
+    publish(out, 0, GOOD)
+    good = files_of(out)
+    with monkeypatch.context() as patch:
+        crash_after_renames(patch, renames)
+        with pytest.raises(Crash):
+            publish(out, 1, files)
+    return good
+
+
 def test_a_file_whose_content_did_not_change_is_left_in_place(tmp_path: Path) -> None:
     """Zeek re-reads an intel file whenever it changes: a daily update that changes the
     rules but not a list must not rewrite the list. What did change is replaced."""
@@ -151,12 +164,8 @@ def test_already_holds_compares_every_chunk(
 def test_a_publish_cut_between_renames_is_undone_whole_by_the_next_one_to_look(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    publish(tmp_path, 0, GOOD)
-    good = files_of(tmp_path)
-    with monkeypatch.context() as patch:
-        crash_after_renames(patch, 2)  # two new lists in place, the rules and manifest not
-        with pytest.raises(Crash):
-            publish(tmp_path, 1, NEW)
+    # killed with two new lists in place, the rules and manifest not
+    good = cut_publish(tmp_path, monkeypatch, 2, NEW)
     assert (tmp_path / JOURNAL).exists() and files_of(tmp_path) != good
     assert recover_interrupted(tmp_path) == snapshots(tmp_path)[0]
     assert files_of(tmp_path) == good
@@ -168,12 +177,7 @@ def test_a_cut_publish_that_left_a_file_in_place_is_undone_whole_too(
 ) -> None:
     """A file left in place (unchanged) is shared by the live ruleset and its snapshot:
     undoing a cut publish must still give the old ruleset back exactly."""
-    publish(tmp_path, 0, GOOD)
-    good = files_of(tmp_path)
-    with monkeypatch.context() as patch:
-        crash_after_renames(patch, 1)
-        with pytest.raises(Crash):
-            publish(tmp_path, 1, {**NEW, "misp-md5.list": GOOD["misp-md5.list"]})
+    good = cut_publish(tmp_path, monkeypatch, 1, {**NEW, "misp-md5.list": GOOD["misp-md5.list"]})
     assert recover_interrupted(tmp_path) == snapshots(tmp_path)[0]
     assert files_of(tmp_path) == good
 
@@ -181,12 +185,7 @@ def test_a_cut_publish_that_left_a_file_in_place_is_undone_whole_too(
 def test_after_a_cut_publish_the_next_one_keeps_the_good_ruleset_for_rollback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    publish(tmp_path, 0, GOOD)
-    good = files_of(tmp_path)
-    with monkeypatch.context() as patch:
-        crash_after_renames(patch, 1)
-        with pytest.raises(Crash):
-            publish(tmp_path, 1, NEW)
+    good = cut_publish(tmp_path, monkeypatch, 1, NEW)
     publish(tmp_path, 2, NEW)
     assert {n: files_of(tmp_path)[n] for n in NEW} == NEW
     rollback(tmp_path)
