@@ -4,6 +4,7 @@ table of figures (value, target, verdict) printed by `run.py`."""
 from __future__ import annotations
 
 import gc
+import resource
 import statistics
 import time
 import tracemalloc
@@ -33,15 +34,52 @@ class Figure:
         return [self.benchmark, self.case, _number(self.value), self.unit, self.target, verdict]
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Wall seconds, and the CPU seconds the whole process (every thread) spent in user
+    and in kernel mode: on a machine of N cores, no wall time can beat (user + system) / N,
+    and kernel time that grows faster than the input (page faults) shows up apart."""
+
+    wall: float
+    user: float
+    system: float
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+
+def timed(action: Callable[[], T]) -> tuple[Timing, T]:
+    """One call's Timing (after a garbage collection, outside the timing), and its result."""
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    result = action()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return Timing(wall, after.ru_utime - before.ru_utime,
+                  after.ru_stime - before.ru_stime), result
+
+
+def median_timing(timings: list[Timing]) -> Timing:
+    """Each field's median over the runs (a run's wall and CPU need not be one run's)."""
+    return Timing(*(statistics.median(getattr(timing, name) for timing in timings)
+                    for name in ("wall", "user", "system")))
+
+
+def median_timed(action: Callable[[], T], runs: int) -> tuple[Timing, T]:
+    """Median Timing of `runs` calls, and the last call's result."""
+    timings, result = [], None
+    for _ in range(runs):
+        timing, result = timed(action)
+        timings.append(timing)
+    return median_timing(timings), result  # type: ignore[return-value]
+
+
 def median_seconds(action: Callable[[], T], runs: int) -> tuple[float, T]:
     """Median wall time of `runs` calls, and the last call's result."""
-    times, result = [], None
-    for _ in range(runs):
-        gc.collect()
-        start = time.perf_counter()
-        result = action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result  # type: ignore[return-value]
+    timing, result = median_timed(action, runs)
+    return timing.wall, result
 
 
 def peak_bytes(action: Callable[[], T]) -> tuple[int, T]:
