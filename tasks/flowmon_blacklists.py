@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.arrow_text import joined_lines
 from tasks.detections import ParseProblem
 
 BLACKLIST_KINDS: dict[str, tuple[str, ...]] = {
@@ -59,10 +60,7 @@ def sorted_distinct_lines(values: pa.Array, prefix: bytes = b"") -> bytes:
     keep = np.ones(len(ordered), dtype=bool)
     keep[1:] = ~pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).to_numpy(
         zero_copy_only=False)
-    distinct = ordered.filter(pa.array(keep))
-    whole = pa.LargeListArray.from_arrays(pa.array([0, len(distinct)], pa.int64()), distinct)
-    body = pc.binary_join(whole, pa.scalar("\n", pa.large_string()))[0].as_buffer()
-    return b"".join([prefix, memoryview(body), b"\n"])
+    return joined_lines(ordered.filter(pa.array(keep)), prefix)
 
 
 def _prefix_keys(values: pa.Array) -> np.ndarray:

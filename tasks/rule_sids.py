@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from misp_ndr.atomic_files import write_atomically
 from misp_ndr.errors import ConfigError, InputError
-from tasks.arrow_text import arrow_text, true_where
+from tasks.arrow_text import arrow_text, joined_lines, true_where
 from tasks.rule_indicators import RESERVED_TOP_SIDS
 
 # What renders into a rule: a change in any of these bumps the rule's rev.
@@ -439,10 +439,8 @@ def write_sid_map(lines: pd.DataFrame) -> bytes:
         # NA last, ties in their order: as pandas' stable sort_values
         order = pa.array(np.lexsort((np.arange(len(keys)), sids.isna().to_numpy(), keys)))
     fields = [_csv_field(lines[name], order) for name in SID_MAP_COLUMNS]
-    rows = pc.binary_join_element_wise(*fields, pa.scalar(",", pa.large_string()))
-    whole = pa.LargeListArray.from_arrays(pa.array([0, len(rows)], pa.int64()), rows)
-    body = pc.binary_join(whole, pa.scalar("\n", pa.large_string()))[0].as_buffer()
-    return b"".join([header, memoryview(body), b"\n"])
+    return joined_lines(pc.binary_join_element_wise(*fields, pa.scalar(",", pa.large_string())),
+                        header)
 
 
 def _csv_field(column: pd.Series, order: pa.Array | None) -> pa.Array:

@@ -77,7 +77,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from misp_ndr.config import RulesSettings
-from tasks.arrow_text import arrow_text, true_where
+from tasks.arrow_text import arrow_text, joined_lines, true_where
 from tasks.detections import ParseProblem
 from tasks.flowmon_blacklists import sorted_distinct_lines
 from tasks.indicators import normalize_dns_names
@@ -580,27 +580,6 @@ def _list_rule(settings: RulesSettings, kind: str, variant: str, value: str, hea
             "variant": variant, "value": value, "rule": rule}
 
 
-def _joined_lines(lines: pa.Array | pa.ChunkedArray, prefix: bytes = b"") -> bytes:
-    """`prefix`, then the lines, each ending in a newline, as one bytes object built in
-    arrow: a rules file runs to hundreds of MB, so no Python string per line and as few
-    copies as possible (chunks are joined one by one, never concatenated first)."""
-    chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
-    pieces = [prefix]
-    for chunk in chunks:
-        if len(chunk):
-            pieces += [memoryview(_joined_chunk(chunk)), b"\n"]
-    return b"".join(pieces)
-
-
-def _joined_chunk(lines: pa.Array) -> pa.Buffer:
-    large = pc.sum(pc.binary_length(lines)).as_py() + len(lines) >= 2**31 - 1
-    lines = lines.cast(pa.large_string() if large else pa.string())
-    list_type, offset_type = (pa.LargeListArray, pa.int64()) if large else (pa.ListArray,
-                                                                            pa.int32())
-    whole = list_type.from_arrays(pa.array([0, len(lines)], offset_type), lines)
-    return pc.binary_join(whole, pa.scalar("\n", lines.type))[0].as_buffer()
-
-
 def _dropped(count: int, what: str) -> None:
     if count:
         log.warning("%d %s left out of the Suricata lists: not valid", count, what)
@@ -713,7 +692,7 @@ def render_list_rules(
 def rules_file(lines: pd.DataFrame, header: str) -> bytes:
     """The rules file: `header` as `# ` comment lines, then one rule per line by sid."""
     prefix, rules = _file_parts(lines, header)
-    return _joined_lines(rules, prefix)
+    return joined_lines(rules, prefix)
 
 
 def checked_rules_file(lines: pd.DataFrame, header: str) -> tuple[bytes, list[str]]:
@@ -724,7 +703,7 @@ def checked_rules_file(lines: pd.DataFrame, header: str) -> tuple[bytes, list[st
     be reported as holding a control character)."""
     prefix, rules = _file_parts(lines, header)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        content = pool.submit(_joined_lines, rules, prefix)
+        content = pool.submit(joined_lines, rules, prefix)
         problems = _line_problems(rules, prefix.count(b"\n"), valid_utf8=True)
     return content.result(), problems
 
