@@ -55,7 +55,9 @@ TAG = "soc:ndr"
 METHODS = ("SCANS", "DOS", "BLACKLIST")  # with TAG: four tags to look up and create
 POINTS: dict[str, tuple[str, int]] = {  # where in a run: (endpoint, n-th request)
     "PyMISP's first request": ("servers/getVersion", 1),
-    "a sending thread's first request": ("servers/getVersion", 3),  # 1, 2: the tag client's
+    # 1: the tag client's (PyMISP caches the version); 2: the first sending thread's. Not 3,
+    # the second thread's: ten quick sends can all go through one thread (a CI flake).
+    "a sending thread's first request": ("servers/getVersion", 2),
     "the tag lookup": ("tags/search", 1),
     "the tag creation": ("tags/add", 1),
     "the first event": ("events/add", 1),
