@@ -87,7 +87,7 @@ class MispSettings(TlsClientSettings):
     api_key: SecretStr | None = None
     concurrency: int = Field(
         4, ge=1, le=32, description="requests in flight at once when sending events or "
-        "sightings; MISP's web workers are the limit")
+        "sightings and when pulling attribute pages; MISP's web workers are the limit")
 
     @field_validator("api_key")
     @classmethod

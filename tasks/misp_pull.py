@@ -22,10 +22,11 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,8 @@ from misp_ndr.config import MispSettings
 from misp_ndr.moments import as_utc
 from misp_ndr.task_policy import batch_task
 from tasks.detections import ParseProblem
-from tasks.misp import MispClient, UnexpectedAnswerError
+from tasks.misp import UnexpectedAnswerError
+from tasks.misp_clients import PerThreadClients
 from tasks.rule_indicators import (
     HANDLED_TYPES,
     PULLED_ATTRIBUTE_COLUMNS,
@@ -161,18 +163,24 @@ def _epoch_window(query: AttributeQuery) -> int | list[int] | None:
 
 
 def pull_attributes(
-    client: MispClient,
+    client: PageSource,
     query: AttributeQuery,
     page_size: int,
     on_page: Callable[[int, int], None] | None = None,
     now: datetime | None = None,
+    in_flight: int = 1,
 ) -> PullResult:
     """Pages 1, 2, ... until MISP answers two empty pages in a row. One is MISP's end mark,
     but warninglists filter each page after paging, so a page in the middle can come back
-    empty too: stopping there would publish a partial ruleset. Each page becomes a small table at
-    once, its JSON dropped before the next is asked for, and `query` is applied to it there,
-    so memory grows with the rows kept, not with the answers or their number.
-    Any error mid-pull propagates: a partial pull never poses as a complete one."""
+    empty too: stopping there would publish a partial ruleset. Any error mid-pull
+    propagates: a partial pull never poses as a complete one.
+
+    Up to `in_flight` pages are asked for at once (`client` must then be safe to call
+    from that many threads, as `PerThreadClients` is): MISP builds the next pages while
+    this one is converted, which is most of a real MISP's time per page. Each page becomes
+    a small table in the thread that asked for it, its JSON dropped there, and pages are
+    read in order: memory grows with the rows kept and the pages in flight, not with the
+    number of pages; the result is the same whatever `in_flight` is."""
     now = now or datetime.now(UTC)  # one moment: the request and the local check agree
     filters = restsearch_filters(query, now)
     kept: list[pd.DataFrame] = []  # whole blocks of pages, then the pages since
@@ -181,27 +189,31 @@ def pull_attributes(
     problems: list[ParseProblem] = []
     previous_page: set[str] = set()
     page, empty_in_a_row = 1, 0
-    while empty_in_a_row < EMPTY_PAGES_AT_END:
-        with _collector_paused():
-            frame = _page_frame(client, filters, page, page_size, on_page, problems)
-        page += 1
-        if frame is None:
-            empty_in_a_row += 1
-            continue
-        empty_in_a_row = 0
-        uuids = set(frame["attribute_uuid"].dropna())
-        if uuids and uuids <= previous_page:
-            raise UnexpectedAnswerError(
-                f"MISP answered page {page} with the attributes of page {page - 1} again: "
-                "it does not honour paging (a proxy dropping the request body?)")
-        previous_page = uuids
-        keep, page_skipped = query_mask(frame, query, now)
-        skipped.update(page_skipped)
-        kept.append(frame.loc[keep, list(PULLED_ATTRIBUTE_COLUMNS)])
-        in_block += 1
-        if sum(len(part) for part in kept[-in_block:]) >= BLOCK_ROWS:
-            kept[-in_block:] = [pd.concat(kept[-in_block:], ignore_index=True)]
-            in_block = 0
+    with _collector_paused(), _pages_ahead(
+            lambda number: _read_page(client, filters, number, page_size), in_flight) as read:
+        while empty_in_a_row < EMPTY_PAGES_AT_END:
+            frame, count, found = read(page)
+            if on_page is not None:
+                on_page(page, count)
+            page += 1
+            problems += found
+            if frame is None:
+                empty_in_a_row += 1
+                continue
+            empty_in_a_row = 0
+            uuids = set(frame["attribute_uuid"].dropna())
+            if uuids and uuids <= previous_page:
+                raise UnexpectedAnswerError(
+                    f"MISP answered page {page} with the attributes of page {page - 1} "
+                    "again: it does not honour paging (a proxy dropping the request body?)")
+            previous_page = uuids
+            keep, page_skipped = query_mask(frame, query, now)
+            skipped.update(page_skipped)
+            kept.append(frame.loc[keep, list(PULLED_ATTRIBUTE_COLUMNS)])
+            in_block += 1
+            if sum(len(part) for part in kept[-in_block:]) >= BLOCK_ROWS:
+                kept[-in_block:] = [pd.concat(kept[-in_block:], ignore_index=True)]
+                in_block = 0
     pulled = pd.concat(kept, ignore_index=True) if kept else working_table()
     in_order = {reason: skipped[reason] for reason in SKIP_REASONS if reason in skipped}
     result = _without_repeats(pulled, in_order, pages=page - 1 - EMPTY_PAGES_AT_END)
@@ -211,25 +223,57 @@ def pull_attributes(
 
 def pull_misp_attributes(settings: MispSettings, query: AttributeQuery,
                          page_size: int) -> PullResult:
-    """`pull_attributes` with a client built from settings (the flow's entry point),
-    logging each page: a long pull shows it is moving."""
+    """`pull_attributes` with a client per thread built from settings (the flow's entry
+    point), `settings.concurrency` pages in flight, logging each page: a long pull shows
+    it is moving."""
     def progress(page: int, count: int) -> None:
         log.info("MISP attribute search page %d: %d attributes", page, count)
-    return pull_attributes(MispClient(settings), query, page_size, on_page=progress)
+    return pull_attributes(PerThreadClients(settings), query, page_size, on_page=progress,
+                           in_flight=settings.concurrency)
 
 
-def _page_frame(client: MispClient, filters: dict[str, Any], page: int, page_size: int,
-                on_page: Callable[[int, int], None] | None,
-                problems: list[ParseProblem]) -> pd.DataFrame | None:
-    """One page as a working table (None: the empty page that ends the pull); its parsed
-    JSON lives only in here. A malformed record becomes one problem in `problems` and the
-    rest of the page is read; a page without a single usable record is not an attribute
-    list at all (a proxy's or another endpoint's answer), and fails the pull."""
+class PageSource(Protocol):
+    def search_attributes(self, filters: dict[str, Any], page: int,
+                          limit: int) -> list[dict[str, Any]]: ...
+
+
+class _Page(NamedTuple):
+    frame: pd.DataFrame | None  # None: an empty page
+    count: int  # records MISP sent
+    problems: list[ParseProblem]  # the malformed ones, left out
+
+
+@contextmanager
+def _pages_ahead(read_page: Callable[[int], _Page],
+                 in_flight: int) -> Iterator[Callable[[int], _Page]]:
+    """`read(n)`: page n, read by a worker thread, with pages n+1 ... n+in_flight-1 asked
+    for meanwhile (with 1, nothing is asked for ahead). Pages asked for past the end are
+    a few empty answers; leaving the block cancels those not started and waits for the
+    rest, so no request outlives the pull."""
+    with ThreadPoolExecutor(in_flight, "misp-pull") as pool:
+        asked: dict[int, Future[_Page]] = {}
+
+        def read(number: int) -> _Page:
+            for ahead in range(number, number + in_flight):
+                if ahead not in asked:
+                    asked[ahead] = pool.submit(read_page, ahead)
+            return asked.pop(number).result()
+        try:
+            yield read
+        finally:
+            for waiting in asked.values():
+                waiting.cancel()
+
+
+def _read_page(client: PageSource, filters: dict[str, Any], page: int,
+               page_size: int) -> _Page:
+    """One page as a working table; its parsed JSON lives only in here. A malformed record
+    becomes one problem and the rest of the page is read; a page without a single usable
+    record is not an attribute list at all (a proxy's or another endpoint's answer), and
+    fails the pull."""
     records = client.search_attributes(filters, page, page_size)
-    if on_page is not None:
-        on_page(page, len(records))
     if not records:
-        return None
+        return _Page(None, 0, [])
     found: list[ParseProblem] = []
 
     def refused(position: int, record: Any, why: MalformedAttribute) -> None:
@@ -243,8 +287,7 @@ def _page_frame(client: MispClient, filters: dict[str, Any], page: int, page_siz
     if len(found) == len(records):
         raise UnexpectedAnswerError(f"MISP answered page {page} with a malformed "
                                     f"attribute: {found[0].reason}")
-    problems += found
-    return frame
+    return _Page(frame, len(records), found)
 
 
 def record_name(where: str, position: int, record: Any) -> str:
@@ -267,11 +310,12 @@ def record_excerpt(record: Any) -> str:
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a page is parsed and converted. Its JSON is some
-    90 container objects per attribute, all alive until the page is a table, and freed by
-    reference counting after: collections in between only traverse them again and again
-    (a third of the pull's time without this, more in a worker with a large heap). The
-    switch is process-wide: it is only turned back on by whoever turned it off."""
+    """No cyclic garbage collection while pages are parsed and converted: for the whole
+    pull, as worker threads parse pages at any moment. A page's JSON is some 90 container
+    objects per attribute, all alive until the page is a table, and freed by reference
+    counting after: collections in between only traverse them again and again (a third of
+    the pull's time without this, more in a worker with a large heap). The switch is
+    process-wide: it is only turned back on by whoever turned it off."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
