@@ -204,7 +204,7 @@ def pull_attributes(
             uuids = set(frame["attribute_uuid"].dropna())
             if uuids and uuids <= previous_page:
                 raise UnexpectedAnswerError(
-                    f"MISP answered page {page} with the attributes of page {page - 1} "
+                    f"MISP answered page {page - 1} with the attributes of page {page - 2} "
                     "again: it does not honour paging (a proxy dropping the request body?)")
             previous_page = uuids
             keep, page_skipped = query_mask(frame, query, now)

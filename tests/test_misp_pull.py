@@ -212,7 +212,8 @@ def test_a_misp_ignoring_paging_is_an_error_not_an_endless_pull(
 ) -> None:
     same = page(attribute(1), attribute(2))
     RestSearch(rsps, same, same, same)
-    with pytest.raises(UnexpectedAnswerError, match="does not honour paging"):
+    with pytest.raises(UnexpectedAnswerError, match="answered page 2 with the attributes of "
+                       "page 1 again: it does not honour paging"):
         pull_attributes(client(), full_query(), page_size=2, now=NOW)
 
 
