@@ -475,17 +475,48 @@ def _tag_columns(attributes: list[dict[str, Any]],
     Each attribute of a restSearch page carries its own copy of its event: the names of
     an event's tags are read once and reused while the copies compare equal."""
     tags, event_tags = [], []
-    read: dict[str, tuple[Any, list[str]]] = {}  # event uuid -> its tags, their names
+    read: dict[str, _EventTags] = {}  # event uuid -> what its tags are
     for attribute, event in zip(attributes, events, strict=True):
         on_event = event.get("Tag")
         known = read.get(event["uuid"])
-        if known is None or known[0] != on_event:
-            known = read[event["uuid"]] = (on_event, _tag_names(on_event))
-        names = known[1]
-        on_attribute, inherited = _attribute_tag_names(attribute.get("Tag"))
-        tags.append(TAG_SEPARATOR.join(dict.fromkeys(names + on_attribute)))
+        if known is None or known.tags != on_event:
+            known = read[event["uuid"]] = _event_tags(on_event)
+        on_attribute = attribute.get("Tag")
+        if on_attribute == known.as_inherited:  # the event's tags alone: most attributes
+            tags.append(known.joined)
+            event_tags.append(known.joined)
+            continue
+        names = known.names
+        own, inherited = _attribute_tags(on_attribute, known)
+        tags.append(TAG_SEPARATOR.join(dict.fromkeys(names + own)))
         event_tags.append(TAG_SEPARATOR.join(dict.fromkeys(names + inherited)))
     return tags, event_tags
+
+
+class _EventTags(NamedTuple):
+    tags: Any  # the event's `Tag` as MISP sent it
+    names: list[str]
+    joined: str  # the names, each once, as the tag columns hold them
+    as_inherited: list[dict[str, Any]] | None  # how includeEventTags copies them
+
+
+def _event_tags(tags: Any) -> _EventTags:
+    copies = None
+    if isinstance(tags, list) and all(isinstance(tag, dict) for tag in tags):
+        copies = [{**tag, "inherited": 1} for tag in tags]
+    names = _tag_names(tags)
+    return _EventTags(tags, names, TAG_SEPARATOR.join(dict.fromkeys(names)), copies)
+
+
+def _attribute_tags(tags: Any, event: _EventTags) -> tuple[list[str], list[str]]:
+    """`_attribute_tag_names`, with the copies of the event's tags that includeEventTags
+    puts first on every attribute compared (in C) rather than read tag by tag: they name
+    the event's tags, all inherited."""
+    copies = event.as_inherited
+    if copies and isinstance(tags, list) and tags[:len(copies)] == copies:
+        own, own_inherited = _attribute_tag_names(tags[len(copies):])
+        return event.names + own, event.names + own_inherited
+    return _attribute_tag_names(tags)
 
 
 def _tag_names(tags: Any) -> list[str]:
