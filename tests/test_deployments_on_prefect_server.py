@@ -157,6 +157,20 @@ def wait_for_run(stack: Stack, run_id: str, log: str = "worker") -> dict[str, An
     pytest.fail(f"run {run_id} not finished after {RUN_SECONDS} s:\n{stack.log(log)[-4000:]}")
 
 
+def create_run(stack: Stack, deployment_id: str, parameters: dict[str, Any]) -> str:
+    """A run of the deployment, asked for again while the server answers 5xx (its SQLite
+    database under a loaded machine): one idempotency key, so retries make one run. Any
+    other refusal fails with the server's answer."""
+    url = f"{stack.env['PREFECT_API_URL']}/deployments/{deployment_id}/create_flow_run"
+    body = {"parameters": parameters, "idempotency_key": f"test-{deployment_id}"}
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while (answer := httpx.post(url, json=body, timeout=10)).status_code >= 500:
+        assert time.monotonic() < deadline, f"{answer.status_code}: {answer.text[:2000]}"
+        time.sleep(1)
+    assert answer.status_code in (200, 201), f"{answer.status_code}: {answer.text[:2000]}"
+    return str(answer.json()["id"])
+
+
 def runs_of(stack: Stack, deployment: str) -> list[dict[str, Any]]:
     api = stack.env["PREFECT_API_URL"]
     flow, name = deployment.split("/")
@@ -260,8 +274,7 @@ def test_deploy_serve_runs_its_deployments_without_a_worker(stack: Stack) -> Non
         assert time.monotonic() < deadline, stack.log("serve")[-3000:]
         time.sleep(1)
     assert found.json()["work_pool_name"] is None  # nothing for the pool's worker
-    run = httpx.post(f"{api}/deployments/{found.json()['id']}/create_flow_run", timeout=10,
-                     json={"parameters": {"feed": str(SAMPLES / "misp-feed"),
-                                          "max_age_days": 3650, "output_dir": "served-rules"}})
-    wait_for_run(stack, run.json()["id"], log="serve")
+    run_id = create_run(stack, found.json()["id"], {
+        "feed": str(SAMPLES / "misp-feed"), "max_age_days": 3650, "output_dir": "served-rules"})
+    wait_for_run(stack, run_id, log="serve")
     assert (stack.root / "work" / "served-rules" / "misp.rules").is_file()
