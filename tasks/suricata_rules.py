@@ -77,9 +77,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from misp_ndr.config import RulesSettings
-from tasks.arrow_text import arrow_text, joined_lines, true_where
+from tasks.arrow_text import arrow_text, joined_lines, sorted_distinct_lines, true_where
 from tasks.detections import ParseProblem
-from tasks.flowmon_blacklists import sorted_distinct_lines
 from tasks.indicators import normalize_dns_names
 from tasks.ip_addresses import parse_addresses
 from tasks.rule_indicators import RESERVED_TOP_SIDS, RULE_VARIANTS, TAG_SEPARATOR

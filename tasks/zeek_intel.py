@@ -24,9 +24,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.arrow_text import arrow_text, true_where
+from tasks.arrow_text import arrow_text, sorted_distinct_lines, true_where
 from tasks.detections import ParseProblem
-from tasks.flowmon_blacklists import LINE_UNSAFE, line_unsafe, sorted_distinct_lines
+from tasks.flowmon_blacklists import LINE_UNSAFE, line_unsafe
 
 ZEEK_FIELDS = ("indicator", "indicator_type", "meta.source", "meta.desc", "meta.url")
 ZEEK_TYPES: dict[str, str] = {
