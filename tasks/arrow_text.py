@@ -9,8 +9,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_KEY_CHUNK_ROWS = 1 << 20  # bounds the (rows, 8) index matrix of `_prefix_keys`
-
 
 def arrow_text(values: pd.Series | pa.Array | pa.ChunkedArray | np.ndarray | list[str | None],
                large: bool = False) -> pa.Array:
@@ -51,44 +49,72 @@ def _joined_chunk(rows: pa.Array) -> memoryview:
     list_type, offset_type = ((pa.LargeListArray, pa.int64()) if large
                               else (pa.ListArray, pa.int32()))
     whole = list_type.from_arrays(pa.array([0, len(rows)], offset_type), rows)
-    joined = pc.binary_join(whole, pa.scalar("\n", rows.type))
-    if joined.null_count:
+    return _text_view(pc.binary_join(whole, pa.scalar("\n", rows.type)))
+
+
+def _text_view(texts: pa.Array) -> memoryview:
+    """All of `texts` back to back, a view of its data buffer (indexing a row would copy
+    it into a scalar first); a missing row is refused, as a line would be lost."""
+    if texts.null_count:
         raise ValueError("a line to join is missing (null)")
-    _validity, offsets, data = joined.buffers()
-    start, end = np.frombuffer(offsets, dtype=offset_type.to_pandas_dtype())[
-        joined.offset: joined.offset + 2]
-    return memoryview(data)[start:end] if data is not None else memoryview(b"")
+    offset_type = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    _validity, offsets, data = texts.buffers()
+    bounds = np.frombuffer(offsets, dtype=offset_type)[texts.offset: texts.offset + len(texts) + 1]
+    return memoryview(data)[bounds[0]:bounds[-1]] if data is not None else memoryview(b"")
 
 
 def sorted_distinct_lines(values: pa.Array, prefix: bytes = b"") -> bytes:
     """`prefix`, then the distinct values in UTF-8 byte order (Python's string order), each
-    ending in a newline. Sorted first, then equal neighbours dropped: one pass over
-    millions of values instead of a hash table and a sort."""
-    values = values.cast(pa.large_string())
-    if not len(values):
+    ending in a newline."""
+    return sorted_distinct_joined_lines(values, pa.array(["\n"]), np.zeros(len(values), int),
+                                        prefix)
+
+
+def sorted_distinct_joined_lines(heads: pa.Array, tails: pa.Array, tail_of: np.ndarray,
+                                 prefix: bytes = b"") -> bytes:
+    """`prefix`, then the distinct lines `heads[i] + tails[tail_of[i]]` (each tail ends in
+    the newline), ordered by head, then by tail, both in UTF-8 byte order.
+
+    Sorted and deduplicated as (head, tail number) pairs, then built once, in order: the
+    joined lines are neither sorted as long texts nor joined twice. When every tail starts
+    with a character below every head's (the Zeek file: a tab; its fields hold no control
+    characters), this is also the order and the distinct set of the whole lines."""
+    heads = heads.cast(pa.large_string())
+    if not len(heads):
         return prefix
+    tails = tails.cast(pa.large_string())
+    ranks = pc.rank(tails, tiebreaker="dense").to_numpy()[tail_of]  # equal tails, equal rank
     # The first 8 bytes as a number sort in the same order as the texts (zero padding
     # puts a shorter text first), so arrow compares whole texts only among equal prefixes:
     # about 3x faster than sorting the texts alone, same order.
-    keyed = pa.table({"prefix": _prefix_keys(values), "text": values})
-    ordered = values.take(pc.sort_indices(keyed, sort_keys=[("prefix", "ascending"),
-                                                           ("text", "ascending")]))
+    keyed = pa.table({"prefix": _prefix_keys(heads), "head": heads, "tail": ranks})
+    order = pc.sort_indices(keyed, sort_keys=[("prefix", "ascending"), ("head", "ascending"),
+                                              ("tail", "ascending")]).to_numpy()
+    ordered, ranks = heads.take(order), ranks[order]
     keep = np.ones(len(ordered), dtype=bool)
-    keep[1:] = ~pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).to_numpy(
-        zero_copy_only=False)
-    return joined_lines(ordered.filter(pa.array(keep)), prefix)
+    keep[1:] = (ranks[1:] != ranks[:-1]) | ~true_where(
+        pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)))
+    lines = pc.binary_join_element_wise(ordered.filter(pa.array(keep)),
+                                        tails.take(pa.array(tail_of[order][keep])),
+                                        pa.scalar("", pa.large_string()))
+    return b"".join([prefix, _text_view(lines)])
 
 
 def _prefix_keys(values: pa.Array) -> np.ndarray:
-    """Per value (large_string, no nulls), its first 8 bytes, zero-padded, big-endian."""
+    """Per value (large_string), its first 8 bytes, zero-padded, as a big-endian number.
+    Each is one 8-byte read of the text buffer (from a little earlier for the last values,
+    so no read passes its end), shifted and cut to the value's length."""
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[
         values.offset: values.offset + len(values) + 1]
-    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
-    keys = np.empty(len(values), dtype=np.uint64)
-    column = np.arange(8)
-    for start in range(0, len(values), _KEY_CHUNK_ROWS):
-        starts = offsets[start: start + _KEY_CHUNK_ROWS + 1]
-        inside = column < np.diff(starts)[:, None]
-        picked = np.where(inside, data[np.where(inside, starts[:-1, None] + column, 0)], 0)
-        keys[start: start + len(inside)] = picked.astype(np.uint8).view(">u8").ravel()
-    return keys
+    buffer = values.buffers()[2]
+    data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.empty(0, np.uint8)
+    if len(data) < 8:
+        data = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
+    starts = offsets[:-1]
+    read_at = np.minimum(starts, len(data) - 8)
+    windows = np.lib.stride_tricks.as_strided(data, shape=(len(data) - 7, 8), strides=(1, 1))
+    words = windows[read_at].view(">u8").ravel().astype(np.uint64)
+    words <<= (8 * (starts - read_at)).astype(np.uint64)
+    kept = np.minimum(np.diff(offsets), 8)  # bytes of the value in its key
+    mask = np.left_shift(np.uint64(2**64 - 1), ((64 - 8 * kept) % 64).astype(np.uint64))
+    return np.where(kept > 0, words & mask, np.uint64(0))

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.arrow_text import arrow_text, sorted_distinct_lines, true_where
+from tasks.arrow_text import arrow_text, sorted_distinct_joined_lines, true_where
 from tasks.detections import ParseProblem
 from tasks.flowmon_blacklists import LINE_UNSAFE, line_unsafe
 
@@ -42,6 +42,7 @@ UNSET = "-"  # Zeek's input framework reads a lone hyphen as an unset field
 URL_SCHEME = r"^[A-Za-z][A-Za-z0-9+.\-]*://"
 ZEEK_FILE_LABEL = "Zeek intel"
 UNSAFE_INDICATOR = "unsafe value (whitespace, control character or leading '#')"
+_NEWLINE_EMPTY = (pa.scalar("\n", pa.large_string()), pa.scalar("", pa.large_string()))
 
 
 def render_zeek_intel(
@@ -52,9 +53,9 @@ def render_zeek_intel(
 
     The file: header, then one line per distinct (indicator, type, event), sorted so that
     an unchanged indicator set gives an unchanged file. Lines are built, sorted and
-    deduplicated as whole texts in arrow. No field holds a tab or any character below it
-    (they are refused or cleaned), so sorting the tab-joined lines orders them exactly as
-    sorting by the fields in turn would."""
+    deduplicated as (indicator, rest of the line) in arrow. No field holds a tab or any
+    character below it (they are refused or cleaned), so this orders the lines exactly as
+    sorting them as whole texts would."""
     values, types, written, _ = _zeek_rows(indicators)
     header = ("#fields\t" + "\t".join(ZEEK_FIELDS) + "\n").encode()
     # everything after the indicator depends on (type, event info, event UUID) alone: made
@@ -68,22 +69,23 @@ def render_zeek_intel(
     rows, _ = pd.factorize(triple)
     first = np.flatnonzero(written)[np.unique(rows, return_index=True)[1]]  # one per triple
     source_field = meta_field(pd.Series([source] * len(first), dtype="string"))
-    tail = pc.binary_join_element_wise(
+    tails = pc.binary_join_element_wise(  # "\t<type>\t<source>\t<desc>\t<url>\n"
+        pa.scalar("", pa.large_string()),
         arrow_text(types.take(pa.array(first)), large=True),
         arrow_text(source_field, large=True),
         arrow_text(meta_field(indicators["event_info"].iloc[first]), large=True),
-        arrow_text(_event_links(indicators["event_uuid"].iloc[first], misp_url), large=True),
+        pc.binary_join_element_wise(arrow_text(_event_links(
+            indicators["event_uuid"].iloc[first], misp_url), large=True), *_NEWLINE_EMPTY),
         pa.scalar("\t", pa.large_string()))
-    lines = pc.binary_join_element_wise(values.filter(pa.array(written)),
-                                        tail.take(pa.array(rows)),
-                                        pa.scalar("\t", pa.large_string()))
     unsafe = np.flatnonzero(true_where(pc.is_valid(types)) & ~written)
     refused = [ParseProblem.make(f"{ZEEK_FILE_LABEL}, attribute {attribute}",
                                  UNSAFE_INDICATOR, repr(value))
                for attribute, value in zip(indicators["attribute_uuid"].iloc[unsafe],
                                            values.take(pa.array(unsafe, pa.int64())).to_pylist(),
                                            strict=True)]
-    return sorted_distinct_lines(lines, prefix=header), refused
+    content = sorted_distinct_joined_lines(values.filter(pa.array(written)), tails, rows,
+                                           prefix=header)
+    return content, refused
 
 
 def zeek_intel_skipped(indicators: pd.DataFrame) -> dict[str, int]:

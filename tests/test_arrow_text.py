@@ -1,11 +1,15 @@
-"""Rows joined into an output file's bytes: every renderer's last step."""
+"""Rows sorted, deduplicated and joined into an output file's bytes: every renderer's
+last step."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tasks.arrow_text import joined_lines
+from tasks.arrow_text import joined_lines, sorted_distinct_joined_lines, sorted_distinct_lines
 
 
 def python_join(rows: list[str], prefix: bytes = b"") -> bytes:
@@ -37,3 +41,38 @@ def test_empty_rows_are_empty_lines_and_no_rows_is_the_prefix() -> None:
 def test_a_missing_row_is_refused_not_dropped() -> None:
     with pytest.raises(ValueError, match="missing"):
         joined_lines(pa.array(["a", None, "c"], pa.string()))
+
+
+# texts sharing their first bytes, shorter and longer than the 8-byte sort keys, multibyte
+texts = st.text(st.sampled_from(["a", "b", "\x00", "\x01", "\u00e9", "\U0001f600"]),
+                max_size=11)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(texts, max_size=40), cut=st.integers(0, 3),
+       kind=st.sampled_from([pa.string(), pa.large_string()]))
+def test_sorted_distinct_lines_are_pythons_sorted_set(values: list[str], cut: int,
+                                                       kind: pa.DataType) -> None:
+    """Also on a slice of a longer array, whose text runs on past the values read."""
+    array = pa.array(["\U0001f600" * 3] * cut + values + ["zz"] * cut, kind)
+    assert sorted_distinct_lines(array.slice(cut, len(values)), b"#\n") == python_join(
+        sorted(set(values)), b"#\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs=st.lists(st.tuples(texts, st.integers(0, 3)), max_size=40))
+def test_joined_lines_are_ordered_by_head_then_tail_and_distinct(
+    pairs: list[tuple[str, int]]
+) -> None:
+    """Tails 0 and 2 are equal texts: their lines are one line, not two."""
+    tails = ["\tb\n", "\ta\n", "\tb\n", "\t\n"]
+    heads = pa.array([head for head, _ in pairs], pa.string())
+    tail_of = np.array([tail for _, tail in pairs], dtype=np.int64)
+    lines = {(head, tails[tail]) for head, tail in pairs}
+    assert sorted_distinct_joined_lines(heads, pa.array(tails), tail_of, b"#\n") == (
+        b"#\n" + b"".join((head + tail).encode() for head, tail in sorted(lines)))
+
+
+def test_a_missing_value_to_sort_is_refused_not_dropped() -> None:
+    with pytest.raises(ValueError, match="missing"):
+        sorted_distinct_lines(pa.array(["b", None, "a"], pa.string()))

@@ -93,3 +93,26 @@ def test_hostile_values_never_add_lines_or_fields(
     skipped = sum(zeek_intel_skipped(frame).values())
     assert written + skipped == len(rows)
     assert not any(line.startswith("#") for line in lines[1:])
+
+
+prefixed = st.text(st.sampled_from(["a", "b", ".", "/", "é"]), min_size=1, max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["ip", "domain", "url", "md5"]), prefixed,
+                               st.sampled_from(["x", "y", "x y", "x  y", "x\ty", "", None]),
+                               st.sampled_from([EVENT_UUID, EVENT_UUID[:-1] + "2"])),
+                     max_size=30),
+       misp_url=st.sampled_from(["https://misp.example.org", None]))
+def test_lines_are_those_of_each_indicator_alone_sorted_and_distinct(
+    rows: list[tuple[str, str, str | None, str]], misp_url: str | None
+) -> None:
+    """Values sharing prefixes, in several events, event infos that differ only in their
+    whitespace: the file is the set of lines each indicator gives on its own, in Python's
+    string order, each once."""
+    frame = indicators([(kind, value, info) for kind, value, info, _ in rows])
+    frame["event_uuid"] = pd.Series([event for *_, event in rows], dtype="string")
+    lines = render_zeek_intel(frame, misp_url=misp_url)[0].decode()
+    alone = {line for index in range(len(frame)) for line in render_zeek_intel(
+        frame.iloc[[index]], misp_url=misp_url)[0].decode().splitlines()[1:]}
+    assert lines == HEADER + "".join(f"{line}\n" for line in sorted(alone))
