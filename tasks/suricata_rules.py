@@ -77,7 +77,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from misp_ndr.config import RulesSettings
-from tasks.arrow_text import arrow_text, joined_lines, sorted_distinct_lines, true_where
+from tasks.arrow_text import (
+    arrow_text,
+    joined_lines,
+    sorted_distinct_joined_lines,
+    sorted_distinct_lines,
+    true_where,
+)
 from tasks.detections import ParseProblem
 from tasks.indicators import normalize_dns_names
 from tasks.ip_addresses import parse_addresses
@@ -671,8 +677,9 @@ def render_list_rules(
                 f"load {NAME_DATASET_FILE}; {_CLIENT_TARGET}"))
 
     addresses = _iprep_addresses(dataset_members)
-    files[IPREP_FILE] = sorted_distinct_lines(pc.binary_join_element_wise(
-        addresses, str(IPREP_CATEGORY_ID), str(IPREP_SCORE), ","))
+    files[IPREP_FILE] = sorted_distinct_joined_lines(  # ',' sorts before any address's text
+        addresses, pa.array([f",{IPREP_CATEGORY_ID},{IPREP_SCORE}\n"]),
+        np.zeros(len(addresses), dtype=np.int64))
     files[IPREP_CATEGORIES_FILE] = (
         f"{IPREP_CATEGORY_ID},{IPREP_CATEGORY},Addresses listed in MISP (misp-ndr)\n".encode())
     if files[IPREP_FILE]:
@@ -858,12 +865,18 @@ def _file_lines(content: bytes) -> tuple[pa.Array, bool]:
     return lines.slice(0, max(len(lines) - 1, 0)), valid_utf8  # nothing after the last \n
 
 
+def _distinct(sids: np.ndarray) -> bool:
+    """Whether no sid repeats. A built ruleset's rules come in sid order, and increasing
+    sids are distinct: checked in one pass, without a hash table of millions of sids."""
+    return bool((np.diff(sids) > 0).all()) or len(np.unique(sids)) == len(sids)
+
+
 def _sid_problems(sid_text: pa.Array | pa.ChunkedArray, rule_rows: np.ndarray,
                   already_bad: np.ndarray, skipped: int = 0) -> list[tuple[int, str]]:
     """Rule lines (at `rule_rows`; `sid_text` per line) without a sid, or sharing one;
     numbered after `skipped` lines."""
     rule_sids = pc.cast(sid_text, pa.int64()).take(pa.array(rule_rows, pa.int64()))
-    if not rule_sids.null_count and len(pc.unique(rule_sids)) == len(rule_sids):
+    if not rule_sids.null_count and _distinct(rule_sids.to_numpy()):
         return []  # the usual case, without a pandas pass over millions of sids
     numbers = rule_rows + 1 + skipped
     sids = pd.Series(rule_sids.to_numpy(zero_copy_only=False),
