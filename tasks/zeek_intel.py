@@ -106,8 +106,8 @@ def _zeek_rows(indicators: pd.DataFrame) -> tuple[pa.Array, pa.Array, np.ndarray
                .value_counts().items()}
     values = arrow_text(indicators["value"], large=True)
     is_url = pc.fill_null(pc.equal(kinds, "url"), False)
-    values = pc.if_else(is_url, pc.replace_substring_regex(values, URL_SCHEME, "",
-                                                           max_replacements=1), values)
+    values = pc.replace_with_mask(values, is_url, pc.replace_substring_regex(  # URLs alone
+        values.filter(is_url), URL_SCHEME, "", max_replacements=1))
     is_cidr = pc.fill_null(pc.and_(pc.equal(kinds, "ip"), pc.match_substring(values, "/")),
                            False)
     types = pc.if_else(is_cidr, "Intel::SUBNET", types)
