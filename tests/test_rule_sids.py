@@ -145,8 +145,11 @@ def test_moving_the_range_reallocates_inside_the_new_one(tmp_path: Path) -> None
     assert (moved["rev"] == 1).all()
 
 
-def test_duplicate_pairs_are_refused_before_anything_is_stored(tmp_path: Path) -> None:
-    rules = ip_rules([1, 1])
+@pytest.mark.parametrize("numbers", [[1, 1], [3, 1, 2, 1]], ids=["neighbours", "apart"])
+def test_duplicate_pairs_are_refused_before_anything_is_stored(
+    tmp_path: Path, numbers: list[int]
+) -> None:
+    rules = ip_rules(numbers)
     with pytest.raises(ValueError, match="more than once"):
         SidAllocator(tmp_path / "sids.sqlite", START, END).assign(rules)
     again = SidAllocator(tmp_path / "sids.sqlite", START, END).assign(ip_rules([1]))
