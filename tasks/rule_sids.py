@@ -275,15 +275,14 @@ class SidAllocator:
         revs = np.empty(len(batch.rows), dtype=np.int64)
         known = kept[match.filter(pa.array(is_known)).to_numpy()]
         new_rows = np.flatnonzero(~is_known)
-        new_pairs = batch.pairs.take(pa.array(new_rows))
-        new_rows = new_rows[pc.sort_indices(new_pairs).to_numpy()]  # the allocation order
-        if _repeats(known, batch.pairs.take(pa.array(new_rows))):
+        new = batch.subset(new_rows[pc.sort_indices(batch.pairs.take(
+            pa.array(new_rows))).to_numpy()])  # the documented allocation order
+        if _repeats(known, new.pairs):
             _refuse_unusable_pairs(batch.pairs)  # raises, naming them; rolled back
         sids[is_known] = stored.sids[known]
         revs[is_known], changed = self._update_revs(
             connection, batch, np.flatnonzero(is_known), stored.hashes[known],
             stored.revs[known])
-        new = batch.subset(new_rows)
         bulk_load = len(new.rows) > len(stored.sids)
         if bulk_load:  # rebuilding the index once beats updating it per row (~5x)
             connection.execute("DROP INDEX sids_sid_unique")
