@@ -58,7 +58,7 @@ from benchmarks.harness import (
 from misp_ndr.config import RulesSettings
 from tasks.rule_customizations import Customizations, parse_customizations
 from tasks.rule_indicators import PULLED_ATTRIBUTE_COLUMNS, TAG_SEPARATOR, normalize_rule_indicators
-from tasks.ruleset_build import build_ruleset
+from tasks.ruleset_build import RulesetBuild, build_ruleset
 from tasks.ruleset_files import publish_ruleset
 
 NAME = "rule_rendering"
@@ -245,13 +245,13 @@ def _settings(output_dir: Path, threshold: int) -> RulesSettings:
 
 
 def _update(indicators: pd.DataFrame, settings: RulesSettings, sid_db: Path,
-            custom: Customizations, publish_times: list[float]) -> dict[str, bytes]:
+            custom: Customizations, publish_times: list[float]) -> RulesetBuild:
     """One update; the seconds its publish took are appended to `publish_times`."""
     build = build_ruleset(indicators, settings, sid_db, custom, misp_url=MISP_URL)
     start = time.perf_counter()
     publish_ruleset(settings.output_dir, build.files, keep=settings.history_keep)
     publish_times.append(time.perf_counter() - start)
-    return build.files
+    return build
 
 
 def _first_builds(indicators: pd.DataFrame, threshold: int, custom: Customizations,
@@ -264,27 +264,30 @@ def _first_builds(indicators: pd.DataFrame, threshold: int, custom: Customizatio
     for attempt in range(runs):
         work = scratch / f"first-{threshold}-{attempt}"
         settings = _settings(work / "rules", threshold)
-        timing, files = timed(functools.partial(
+        timing, build = timed(functools.partial(
             _update, indicators, settings, work / "sids.sqlite", custom, publish_times))
+        files = build.files
         timings.append(timing)
         shutil.rmtree(work)
     return median_timing(timings), statistics.median(publish_times), files
 
 
-def _steady_builds(indicators: pd.DataFrame, threshold: int, custom: Customizations,
-                   runs: int, scratch: Path) -> tuple[Timing, float, Timing | None]:
+def _steady_builds(size: int, indicators: pd.DataFrame, threshold: int,
+                   custom: Customizations, runs: int, scratch: Path,
+                   ) -> tuple[Timing, float, Timing | None]:
     """Medians of `runs` daily updates over the store and ruleset a first build left:
     whole update, its publish, and the whole update in fresh processes (None past
-    FRESH_PROCESS_MAX_SIZE)."""
+    FRESH_PROCESS_MAX_SIZE). `indicators` are `synthetic_indicators(size)`, which a fresh
+    process generates again."""
     work = scratch / f"steady-{threshold}"
     settings = _settings(work / "rules", threshold)
     _update(indicators, settings, work / "sids.sqlite", custom, [])
     fresh = None
-    if len(indicators) <= FRESH_PROCESS_MAX_SIZE:
+    if size <= FRESH_PROCESS_MAX_SIZE:
         # one process per run (maxtasksperchild), as Prefect starts one per flow run
         with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as worker:
             fresh = median_timing([worker.apply(_fresh_process_update, (
-                len(indicators), threshold, work)) for _ in range(runs)])
+                size, threshold, work)) for _ in range(runs)])
     publish_times: list[float] = []
     timing, _ = median_timed(
         lambda: _update(indicators, settings, work / "sids.sqlite", custom, publish_times),
@@ -303,8 +306,10 @@ def _fresh_process_update(size: int, threshold: int, work: Path) -> Timing:
     indicators = synthetic_indicators(size)
     custom = customizations(indicators)
     settings = _settings(work / "rules", threshold)
-    timing, _ = timed(functools.partial(_update, indicators, settings, work / "sids.sqlite",
-                                        custom, []))
+    timing, build = timed(functools.partial(_update, indicators, settings,
+                                            work / "sids.sqlite", custom, []))
+    if build.rule_changes != {"added": 0, "removed": 0, "changed": 0}:
+        raise RuntimeError(f"not the update of the same indicators: {build.rule_changes}")
     return timing
 
 
@@ -361,8 +366,8 @@ def _size_figures(size: int, runs: int, thresholds: dict[str, int]) -> list[Figu
             rules = files["misp.rules"].count(b"\n") - 1  # the header is one comment line
             floor = write_floor(b"".join(files.values()), scratch, runs)
             del files
-            steady, steady_publish, fresh = _steady_builds(indicators, threshold, custom,
-                                                           runs, scratch)
+            steady, steady_publish, fresh = _steady_builds(size, indicators, threshold,
+                                                           custom, runs, scratch)
             is_target = size == TARGET_SIZE and threshold > size
             figures += [Figure(NAME, f"{label}: Suricata rules", rules, "rules"),
                         Figure(NAME, f"{label}: output, all files", written / 1e6, "MB"),
