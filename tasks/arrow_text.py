@@ -4,6 +4,9 @@ rows sorted, deduplicated and joined into the bytes of an output file."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -30,16 +33,47 @@ def true_where(condition: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def joined_lines(rows: pa.Array | pa.ChunkedArray, prefix: bytes = b"") -> bytes:
     """`prefix`, then every row (text, no nulls) ending in a newline, as one bytes object:
-    each chunk is joined in arrow and its text read from the result's buffer in place.
-    Indexing the result (`joined[0]`) would first copy the whole text into a scalar: a
-    rules file is hundreds of MB, so that copy and its fresh pages were a third of the
-    page faults of a whole update."""
-    chunks = rows.chunks if isinstance(rows, pa.ChunkedArray) else [rows]
-    pieces: list[bytes | memoryview] = [prefix]
-    for chunk in chunks:
-        if len(chunk):
-            pieces += [_joined_chunk(chunk), b"\n"]
-    return b"".join(pieces)
+    each block of rows is joined in arrow and its text read from the result's buffer in
+    place. Indexing the result (`joined[0]`) would first copy the whole text into a
+    scalar: a rules file is hundreds of MB, so that copy and its fresh pages were a third
+    of the page faults of a whole update."""
+    rows = rows if isinstance(rows, pa.ChunkedArray) else pa.chunked_array([rows], rows.type)
+    return joined_row_blocks(len(rows), lambda start, count: _one_array(rows.slice(start, count)),
+                             prefix)
+
+
+def joined_row_blocks(rows: int, block: Callable[[int, int], pa.Array],
+                      prefix: bytes = b"") -> bytes:
+    """`joined_lines` of rows made a block at a time: `block(start, count)` gives rows
+    `start` to `start + count` (fewer at the end), and no more than a block of them exists
+    at once."""
+    return _in_blocks(prefix, rows, lambda start, count: _joined_chunk(block(start, count)),
+                      end=b"\n")
+
+
+_BLOCK_ROWS = 1 << 17
+
+
+def _in_blocks(prefix: bytes, rows: int, block: Callable[[int, int], memoryview],
+               end: bytes = b"") -> bytes:
+    """`prefix`, then `block(start, count)` and `end` for each run of _BLOCK_ROWS of `rows`
+    rows, as one bytes object. Written to a BytesIO, whose buffer becomes the result
+    without a copy (it grows by remapping, not copying), and each block's text is freed
+    before the next is made, so the allocator reuses its memory. Made all at once, every
+    block's text was fresh memory, which the kernel zeroes on first touch: for a 463 MB
+    rules file in a new process (a scheduled run) that took 1.4 s of the join's 1.5 s;
+    block by block the join takes 0.26 s."""
+    out = io.BytesIO()
+    out.write(prefix)
+    for start in range(0, rows, _BLOCK_ROWS):
+        out.write(block(start, _BLOCK_ROWS))
+        out.write(end)
+    return out.getvalue()
+
+
+def _one_array(rows: pa.ChunkedArray) -> pa.Array:
+    """The rows as one array: a view when they lie in one chunk."""
+    return rows.chunk(0) if rows.num_chunks == 1 else rows.combine_chunks()
 
 
 def _joined_chunk(rows: pa.Array) -> memoryview:
@@ -94,10 +128,11 @@ def sorted_distinct_joined_lines(heads: pa.Array, tails: pa.Array, tail_of: np.n
     keep = np.ones(len(ordered), dtype=bool)
     keep[1:] = (ranks[1:] != ranks[:-1]) | ~true_where(
         pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)))
-    lines = pc.binary_join_element_wise(ordered.filter(pa.array(keep)),
-                                        tails.take(pa.array(tail_of[order][keep])),
-                                        pa.scalar("", pa.large_string()))
-    return b"".join([prefix, _text_view(lines)])
+    heads, tails = ordered.filter(pa.array(keep)), tails.take(pa.array(tail_of[order][keep]))
+    nothing = pa.scalar("", pa.large_string())
+    return _in_blocks(prefix, len(heads), lambda start, count: _text_view(
+        pc.binary_join_element_wise(heads.slice(start, count), tails.slice(start, count),
+                                    nothing)))
 
 
 def _prefix_keys(values: pa.Array) -> np.ndarray:

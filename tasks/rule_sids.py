@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from misp_ndr.atomic_files import write_atomically
 from misp_ndr.errors import ConfigError, InputError
-from tasks.arrow_text import arrow_text, joined_lines, true_where
+from tasks.arrow_text import arrow_text, joined_row_blocks, true_where
 from tasks.rule_indicators import RESERVED_TOP_SIDS
 
 # What renders into a rule: a change in any of these bumps the rule's rev.
@@ -430,8 +430,9 @@ def _probe_upward(starts: np.ndarray, occupied: np.ndarray) -> list[int]:
 def write_sid_map(lines: pd.DataFrame) -> bytes:
     """The map as CSV, sorted by sid; values are quoted when they hold commas, quotes or
     line breaks (as Python's csv module does: `\\r` alone is not quoted), so any CSV
-    reader gets them back intact. Built in arrow, one column at a time: a map has a line
-    per rule. Rows already in sid order (a built ruleset's) are not reordered."""
+    reader gets them back intact. Built in arrow, a block of rows at a time (a map has a
+    line per rule: whole columns of text at once were fresh memory the size of the map,
+    several times over). Rows already in sid order (a built ruleset's) are not reordered."""
     header = (",".join(SID_MAP_COLUMNS) + "\n").encode()
     if not len(lines):
         return header
@@ -441,23 +442,24 @@ def write_sid_map(lines: pd.DataFrame) -> bytes:
     if sids.hasnans or (len(keys) > 1 and (np.diff(keys) < 0).any()):
         # NA last, ties in their order: as pandas' stable sort_values
         order = pa.array(np.lexsort((np.arange(len(keys)), sids.isna().to_numpy(), keys)))
-    fields = [_csv_field(lines[name], order) for name in SID_MAP_COLUMNS]
-    return joined_lines(pc.binary_join_element_wise(*fields, pa.scalar(",", pa.large_string())),
-                        header)
+    columns = [_arrow_column(lines[name], order) for name in SID_MAP_COLUMNS]
+    comma = pa.scalar(",", pa.large_string())
+    return joined_row_blocks(len(lines), lambda start, count: pc.binary_join_element_wise(
+        *(_csv_field(column.slice(start, count)) for column in columns), comma), header)
 
 
-def _csv_field(column: pd.Series, order: pa.Array | None) -> pa.Array:
-    """One CSV column: NA empty, values with `,` `"` or a newline quoted, quotes doubled."""
-    if pd.api.types.is_integer_dtype(column.dtype):
-        text = pc.cast(pa.array(column.array), pa.large_string())
-        integers = True
-    else:
-        text = arrow_text(column, large=True)
-        integers = False
-    if order is not None:
-        text = text.take(order)
-    text = pc.fill_null(text, "")
-    if integers:  # digits and '-' only: never quoted
+def _arrow_column(column: pd.Series, order: pa.Array | None) -> pa.Array:
+    """One map column in arrow (integers stay integers), in `order` when given."""
+    values = (pa.array(column.array) if pd.api.types.is_integer_dtype(column.dtype)
+              else arrow_text(column))
+    return values if order is None else values.take(order)
+
+
+def _csv_field(values: pa.Array) -> pa.Array:
+    """One block of a CSV column: NA empty, values with `,` `"` or a newline quoted, quotes
+    doubled."""
+    text = pc.fill_null(values.cast(pa.large_string()), "")
+    if pa.types.is_integer(values.type):  # digits and '-' only: never quoted
         return text
     needs_quotes = true_where(pc.match_substring_regex(text, '[,"\n]'))
     rows = np.flatnonzero(needs_quotes)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tasks import arrow_text
 from tasks.arrow_text import joined_lines, sorted_distinct_joined_lines, sorted_distinct_lines
 
 
@@ -36,6 +37,22 @@ def test_a_slice_joins_only_its_own_rows() -> None:
 def test_empty_rows_are_empty_lines_and_no_rows_is_the_prefix() -> None:
     assert joined_lines(pa.array(["", ""], pa.string())) == b"\n\n"
     assert joined_lines(pa.array([], pa.string()), b"# only\n") == b"# only\n"
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 3, 7])
+def test_output_built_block_by_block_is_the_same_across_block_and_chunk_edges(
+    block_rows: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files are written a block of rows at a time (131,072 in use): blocks that end
+    inside a chunk, span chunks or hold one row lose, repeat and reorder nothing."""
+    monkeypatch.setattr(arrow_text, "_BLOCK_ROWS", block_rows)
+    chunks = [["r0", "r1", "r2"], [], ["r3"], ["", "r5", "r6", "r7", "r8"], ["r9"]]
+    rows = pa.chunked_array([pa.array(chunk, pa.string()) for chunk in chunks])
+    flat = [row for chunk in chunks for row in chunk]
+    assert joined_lines(rows, b"#\n") == python_join(flat, b"#\n")
+    assert joined_lines(rows.slice(2, 6)) == python_join(flat[2:8])
+    values = pa.array(["b", "a", "c", "a", "e", "d", "b", "f", "g"], pa.string())
+    assert sorted_distinct_lines(values, b"#\n") == python_join(list("abcdefg"), b"#\n")
 
 
 def test_a_missing_row_is_refused_not_dropped() -> None:

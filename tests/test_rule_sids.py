@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import sqlite3
 import uuid
 from contextlib import closing
@@ -12,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from misp_ndr.errors import ConfigError, InputError
+from tasks import arrow_text
 from tasks.rule_indicators import RESERVED_TOP_SIDS, RULE_INDICATOR_COLUMNS, expand_rule_variants
 from tasks.rule_sids import SID_MAP_COLUMNS, SidAllocator, read_sid_map, write_sid_map
 from tasks.ruleset_build import diff_rules, previous_rules
@@ -202,6 +205,25 @@ def test_sid_map_round_trips_values_with_commas_quotes_and_line_breaks(tmp_path:
     (tmp_path / "sid-map.csv").write_bytes(write_sid_map(lines))
     back = read_sid_map(tmp_path / "sid-map.csv")
     assert back.to_dict("records") == lines[SID_MAP_COLUMNS].to_dict("records")
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 3])
+def test_sid_map_built_block_by_block_is_pythons_csv_in_sid_order(
+    block_rows: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The map is made a block of rows at a time (131,072 in use): quoted values in one
+    block and not the next, rows given out of sid order, a missing value."""
+    monkeypatch.setattr(arrow_text, "_BLOCK_ROWS", block_rows)
+    values = ["http://x.example/a,b", "http://x.example/plain", 'http://x.example/"q"',
+              "http://x.example/\r\nInjected", "plain", None, "http://x.example/c"]
+    lines = rule_lines(["-"] * len(values)).assign(value=pd.array(values, dtype="string"))
+    lines = lines.iloc[[3, 0, 6, 1, 5, 2, 4]]  # out of sid order
+    expected = io.StringIO(newline="")
+    writer = csv.writer(expected, lineterminator="\n")
+    writer.writerow(SID_MAP_COLUMNS)
+    for row in lines.sort_values("sid")[SID_MAP_COLUMNS].itertuples(index=False):
+        writer.writerow(["" if pd.isna(value) else value for value in row])
+    assert write_sid_map(lines).decode() == expected.getvalue()
 
 
 def test_sid_map_header_order_and_list_rules_without_attribute(tmp_path: Path) -> None:
