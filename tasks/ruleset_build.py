@@ -27,7 +27,8 @@ from tasks.flowmon_blacklists import render_flowmon_blacklists
 from tasks.rule_customizations import Customizations, apply_customizations
 from tasks.rule_indicators import FILE_HASH_KINDS, expand_rule_variants
 from tasks.rule_sids import SID_MAP_COLUMNS, SidAllocator, read_sid_map, write_sid_map
-from tasks.suricata_rules import checked_rules_file, render_list_rules, render_rule_lines
+from tasks.suricata_rules import render_list_rules, render_rule_lines
+from tasks.suricata_rules_file import checked_rules_file
 from tasks.zeek_intel import render_zeek_intel
 
 RULES_FILE = "misp.rules"
